@@ -1,0 +1,1 @@
+"""vqkit's built-in exporters."""

@@ -1,0 +1,1 @@
+from vqkit.plugins.decoders import conv3  # noqa: F401

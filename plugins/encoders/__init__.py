@@ -1,0 +1,1 @@
+from vqkit.plugins.encoders import conv3  # noqa: F401

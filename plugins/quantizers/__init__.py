@@ -1,0 +1,1 @@
+from vqkit.plugins.quantizers import vq  # noqa: F401

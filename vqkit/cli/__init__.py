@@ -1,0 +1,1 @@
+"""The ``vqkit`` command line: thin shells over library functions."""

@@ -1,0 +1,94 @@
+"""Options shared by the commands that build a model (``build``, ``train``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from vqkit.options import parse_sets
+
+
+def model_options(
+    channels_default: int | None = 3, image_size_default: int | None = 32
+) -> Callable[..., Any]:
+    """Decorator adding --encoder/--quantizer/--decoder/--channels/--image-size/--latent-dim/--codebook-size/--set."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        opts = [
+            click.option("--encoder", default="conv3", show_default=True, help="Registered encoder name."),
+            click.option("--quantizer", default="vq", show_default=True, help="Registered quantizer name."),
+            click.option(
+                "--decoder", default=None, help="Registered decoder name [default: the encoder's mirror]."
+            ),
+            click.option(
+                "--channels",
+                type=click.IntRange(min=1),
+                default=channels_default,
+                show_default=channels_default is not None,
+                help="Image channels" + ("" if channels_default else " [default: from the data]") + ".",
+            ),
+            click.option(
+                "--image-size",
+                type=click.IntRange(min=1),
+                default=image_size_default,
+                show_default=image_size_default is not None,
+                help="Image height and width"
+                + ("" if image_size_default else " [default: from the data]")
+                + ".",
+            ),
+            click.option(
+                "--latent-dim",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Latent/code dim [default: quantizer's].",
+            ),
+            click.option(
+                "--codebook-size",
+                type=click.IntRange(min=2),
+                default=None,
+                help="Codes per codebook [default: quantizer's].",
+            ),
+            click.option(
+                "--set",
+                "sets",
+                multiple=True,
+                metavar="PART.KEY=VALUE",
+                help="Any plugin option, e.g. quantizer.beta=0.5 or encoder.widths=32,64,128. Repeatable.",
+            ),
+        ]
+        for opt in reversed(opts):
+            f = opt(f)
+        return f
+
+    return decorate
+
+
+def model_kwargs(
+    encoder: str,
+    quantizer: str,
+    decoder: str | None,
+    channels: int | None,
+    image_size: int | None,
+    latent_dim: int | None,
+    codebook_size: int | None,
+    sets: tuple[str, ...],
+) -> dict[str, Any]:
+    """Keyword arguments for :func:`vqkit.build_model` from the shared options (None: leave to defaults)."""
+    parsed = parse_sets(sets)
+    kwargs: dict[str, Any] = {
+        "encoder": encoder,
+        "quantizer": quantizer,
+        "decoder": decoder,
+        "latent_dim": latent_dim,
+        "codebook_size": codebook_size,
+        "encoder_options": parsed["encoder"],
+        "quantizer_options": parsed["quantizer"],
+        "decoder_options": parsed["decoder"],
+    }
+    if channels is not None:
+        kwargs["channels"] = channels
+    if image_size is not None:
+        kwargs["image_size"] = image_size
+    return kwargs

@@ -1,0 +1,68 @@
+"""The top-level ``vqkit`` group. Each command lives in its own module and is added below."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import click
+
+from vqkit._version import __version__
+from vqkit.errors import VQKitError
+
+
+class VQKitGroup(click.Group):
+    """Turns a user's mistake (a :class:`VQKitError`) into one ``Error: ...`` line and exit code 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VQKitError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _plugin_warning(
+    message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None
+) -> None:
+    click.echo(f"Warning: {message}", err=True)
+
+
+@click.group(
+    cls=VQKitGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110}
+)
+@click.version_option(__version__, prog_name="vqkit")
+@click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE_OR_FILE",
+    help="Load a plugin module (my_pkg.plugin) or file (./my_quantizer.py). Repeatable.",
+)
+@click.pass_context
+def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
+    """vqkit: build, train, evaluate and export vector-quantized autoencoders (VQ-VAE)."""
+    from vqkit.discovery import PluginWarning, load_plugins
+
+    warnings.simplefilter("always", PluginWarning)
+    warnings.showwarning = _plugin_warning
+    ctx.ensure_object(dict)
+    ctx.obj["plugins"] = plugins
+    try:
+        load_plugins(plugins)
+    except VQKitError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _add_commands() -> None:
+    from vqkit.cli.build import build
+    from vqkit.cli.plugins import plugins_command
+
+    cli.add_command(build)
+    cli.add_command(plugins_command)
+
+
+_add_commands()
+
+
+def main() -> None:
+    cli(prog_name="vqkit")
