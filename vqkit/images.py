@@ -1,0 +1,128 @@
+"""Reading and writing image files with numpy and Pillow only (no torch), so the ONNX runtime side can use it.
+
+Conventions: uint8 arrays are ``[N, C, H, W]`` with values 0..255; float arrays are ``[N, C, H, W]`` in [-1, 1].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from vqkit.errors import VQKitError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _pil():
+    from PIL import Image
+
+    return Image
+
+
+def read_image(path: str | os.PathLike[str], channels: int, size: int | None = None) -> np.ndarray:
+    """One image file -> uint8 ``[C, H, W]``; converted to ``channels`` (1 grey, 3 RGB, 4 RGBA), and if ``size``
+    is given, resized (shorter side) and centre-cropped to ``size x size``. Raises VQKitError naming the file."""
+    Image = _pil()
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
+            if mode is None:
+                raise VQKitError(f"cannot convert images to {channels} channels (use 1, 3 or 4)")
+            im = im.convert(mode)
+            if size is not None and im.size != (size, size):
+                w, h = im.size
+                scale = size / min(w, h)
+                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+                im = im.resize((nw, nh), Image.BICUBIC)
+                left, top = (nw - size) // 2, (nh - size) // 2
+                im = im.crop((left, top, left + size, top + size))
+            arr = np.asarray(im, dtype=np.uint8)
+    except VQKitError:
+        raise
+    except FileNotFoundError:
+        raise VQKitError(f"no such image file: {path}") from None
+    except Exception as exc:  # Pillow raises many types for bad files
+        raise VQKitError(f"cannot read image {path}: {exc}") from exc
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def read_images(
+    paths: Iterable[str | os.PathLike[str]], channels: int, size: int | None = None
+) -> np.ndarray:
+    """Several image files -> uint8 ``[N, C, H, W]`` (all must end up the same size)."""
+    arrays = [read_image(p, channels, size) for p in paths]
+    if not arrays:
+        raise VQKitError("no images given")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise VQKitError(f"images differ in size {sorted(shapes)}; give an image size to resize them")
+    return np.stack(arrays)
+
+
+def find_images(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every image file under ``folder`` (recursive), sorted."""
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float ``[-1, 1]`` -> uint8 0..255 (uint8 input is returned as is)."""
+    if images.dtype == np.uint8:
+        return images
+    return np.clip(np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_float(images: np.ndarray) -> np.ndarray:
+    """uint8 0..255 -> float32 [-1, 1]."""
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.ndarray:
+    """``[N, C, H, W]`` (uint8 or float in [-1, 1]) -> one uint8 ``[H', W', C]`` picture, ``nrow`` per row."""
+    imgs = to_uint8(np.asarray(images))
+    n, c, h, w = imgs.shape
+    nrow = nrow or max(1, math.ceil(math.sqrt(n)))
+    rows = math.ceil(n / nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = imgs[i].transpose(1, 2, 0)
+    return grid
+
+
+def write_image(array_hwc: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Write a uint8 ``[H, W, C]`` picture (C = 1, 3 or 4) as PNG (or by suffix), atomically."""
+    from vqkit.fileio import atomic_path
+
+    Image = _pil()
+    arr = array_hwc[:, :, 0] if array_hwc.shape[2] == 1 else array_hwc
+    target = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG"}.get(target.suffix.lower(), "PNG")
+    with atomic_path(target) as tmp:
+        Image.fromarray(arr).save(tmp, format=fmt)
+    return target
+
+
+def write_grid(images: np.ndarray, path: str | os.PathLike[str], nrow: int | None = None) -> Path:
+    """Tile ``[N, C, H, W]`` images into one PNG."""
+    return write_image(make_grid(images, nrow), path)
+
+
+def write_images(
+    images: np.ndarray, folder: str | os.PathLike[str], names: Sequence[str] | None = None
+) -> list[Path]:
+    """Write each of ``[N, C, H, W]`` to ``folder/NAME.png`` (default names 000000.png, ...)."""
+    imgs = to_uint8(np.asarray(images))
+    out = []
+    for i, img in enumerate(imgs):
+        name = names[i] if names is not None else f"{i:06d}.png"
+        out.append(write_image(img.transpose(1, 2, 0), Path(folder) / name))
+    return out
