@@ -33,7 +33,15 @@ class BrokenPlugin:
 
 
 _loaded_sources: set[str] = set()
+_requested: list[str] = []
 broken: list[BrokenPlugin] = []
+
+
+def request(specs: list[str] | tuple[str, ...]) -> None:
+    """Remember plugins named by the user (``--plugin``); they load, strictly, with the next
+    :func:`load_plugins`. Commands that never touch the registries (ONNX ``encode``/``decode``) thus never
+    import torch."""
+    _requested.extend(s for s in specs if s not in _requested)
 
 
 def _record_broken(source: str, exc: BaseException) -> None:
@@ -134,12 +142,12 @@ def load_module(spec: str, *, label: str | None = None, strict: bool = True) -> 
 
 
 def load_plugins(extra: list[str] | tuple[str, ...] = ()) -> None:
-    """Load everything: entry points, then ``VQKIT_PLUGINS``, then ``extra`` (e.g. ``--plugin``).
+    """Load everything: entry points, then ``VQKIT_PLUGINS``, then requested and ``extra`` modules/files.
     Safe to call many times; each source loads once."""
     load_entry_points()
     env = os.environ.get(ENV_VAR, "")
     for item in env.replace(os.pathsep, ",").split(","):
         if item.strip():
             load_module(item, strict=False)
-    for item in extra:
+    for item in (*_requested, *extra):
         load_module(item, strict=True)

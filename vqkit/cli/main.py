@@ -38,19 +38,14 @@ def _plugin_warning(
     metavar="MODULE_OR_FILE",
     help="Load a plugin module (my_pkg.plugin) or file (./my_quantizer.py). Repeatable.",
 )
-@click.pass_context
-def cli(ctx: click.Context, plugins: tuple[str, ...]) -> None:
+def cli(plugins: tuple[str, ...]) -> None:
     """vqkit: build, train, evaluate and export vector-quantized autoencoders (VQ-VAE)."""
-    from vqkit.discovery import PluginWarning, load_plugins
+    from vqkit.discovery import PluginWarning, request
 
     warnings.simplefilter("always", PluginWarning)
     warnings.showwarning = _plugin_warning
-    ctx.ensure_object(dict)
-    ctx.obj["plugins"] = plugins
-    try:
-        load_plugins(plugins)
-    except VQKitError as exc:
-        raise click.ClickException(str(exc)) from None
+    # Plugins load when a command first needs the registries (build_model, load, `vqkit plugins`).
+    request(plugins)
 
 
 def _add_commands() -> None:

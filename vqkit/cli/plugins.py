@@ -17,9 +17,10 @@ def plugins_command(name: str | None, verbose: bool, as_json: bool) -> None:
 
     With NAME, show that component (any kind) and its options.
     """
-    from vqkit.discovery import broken
+    from vqkit.discovery import broken, load_plugins
     from vqkit.registry import REGISTRIES
 
+    load_plugins()
     entries = [e for reg in REGISTRIES.values() for e in reg.entries()]
     if name is not None:
         entries = [e for e in entries if e.name == name]
