@@ -1,12 +1,37 @@
-"""Image data for vqkit. The built-in dataset ``mnist5k`` ships inside the package (no download)."""
+"""Image data for vqkit: every source becomes one uint8 array ``[N, C, H, W]`` held in memory.
+
+Sources: the built-in ``mnist5k`` (ships inside the package, no download), a folder of images (recursive),
+or a torchvision dataset by name (``mnist``, ``fashion-mnist``, ``cifar10``, ...; downloaded only when asked).
+"""
 
 from __future__ import annotations
 
+import difflib
+import os
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
+from vqkit.data.common import SPLITS, DataError, check_split, convert_channels, pad_to, resize_square
+from vqkit.data.folder import HOLDOUT_EVERY, DataWarning, load_folder
+from vqkit.data.torchvision_sets import DATASETS as TORCHVISION_DATASETS
+from vqkit.data.torchvision_sets import default_root, load_torchvision
+
 BUILTIN = ("mnist5k",)
+
+__all__ = [
+    "BUILTIN",
+    "HOLDOUT_EVERY",
+    "SPLITS",
+    "TORCHVISION_DATASETS",
+    "DataError",
+    "DataWarning",
+    "default_root",
+    "load_images",
+    "load_mnist5k",
+    "source_names",
+]
 
 
 def load_mnist5k(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -21,3 +46,70 @@ def load_mnist5k(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
         np.load(f, allow_pickle=False) as z,
     ):
         return z[f"{split}_images"], z[f"{split}_labels"]
+
+
+def source_names() -> list[str]:
+    """Dataset names ``load_images`` knows (besides folders)."""
+    return [*BUILTIN, *TORCHVISION_DATASETS]
+
+
+def _fit(images: np.ndarray, channels: int | None, image_size: int | None, what: str) -> np.ndarray:
+    """Bring a dataset's own array to the asked channels and size (MNIST-like 28x28 digits are zero-padded
+    to 32x32 when no other size is asked, as in mnist5k, so three stride-2 layers give a 4x4 grid)."""
+    if channels is not None:
+        images = convert_channels(images, channels)
+    h, w = images.shape[-2:]
+    if (h, w) == (28, 28) and image_size in (None, 32):
+        return pad_to(images, 32)
+    if image_size is not None:
+        images = resize_square(images, image_size, what)
+    elif h != w:
+        images = resize_square(images, min(h, w), what)
+    return np.ascontiguousarray(images)
+
+
+def load_images(
+    source: str,
+    *,
+    split: str = "train",
+    channels: int | None = None,
+    image_size: int | None = None,
+    download: bool = False,
+    skip_bad: bool = False,
+    data_root: str | os.PathLike[str] | None = None,
+) -> np.ndarray:
+    """Images of a data source as uint8 ``[N, C, H, W]`` (values 0..255).
+
+    ``source``: ``"mnist5k"``, a folder of images, or a torchvision dataset name (``vqkit.data.source_names()``).
+    ``split``: ``"train"``, ``"test"`` (held out) or ``"all"``. For a folder, ``test`` is a fixed ~1/10 of
+    the files chosen by a hash of each path (see ``vqkit.data.folder``). ``channels``/``image_size`` None keep
+    the data's own (a folder of mixed sizes needs ``image_size``); images are converted, resized and
+    centre-cropped to them, never upscaled. ``download`` fetches a torchvision dataset into ``data_root``
+    (default ``~/.cache/vqkit`` or ``$VQKIT_DATA``). ``skip_bad`` leaves out unreadable images of a folder
+    (with one :class:`DataWarning` giving the count) instead of failing.
+    Every problem a user can cause raises :class:`DataError` (a ``VQKitError``) with one clear message.
+    """
+    check_split(split)
+    if channels is not None and channels not in (1, 3, 4):
+        raise DataError(f"cannot convert images to {channels} channels (use 1, 3 or 4)")
+    if image_size is not None and image_size < 1:
+        raise DataError(f"image size must be positive, got {image_size}")
+    name = str(source)
+    if name.lower() in BUILTIN:
+        parts = ["train", "test"] if split == "all" else [split]
+        images = np.concatenate([load_mnist5k(s)[0] for s in parts])
+        return _fit(images, channels, image_size, "mnist5k")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return load_folder(path, split=split, channels=channels, image_size=image_size, skip_bad=skip_bad)
+    if path.exists():
+        raise DataError(f"{path} is a file; give a folder of images, or a dataset name like mnist5k")
+    if name.lower() in TORCHVISION_DATASETS:
+        images = load_torchvision(name.lower(), split, data_root, download)
+        return _fit(images, channels, image_size, name.lower())
+    close = difflib.get_close_matches(name.lower(), source_names(), n=1, cutoff=0.6)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    raise DataError(
+        f"no data source {name!r}: not a folder, nor a dataset name.{hint} "
+        f"Datasets: {', '.join(source_names())} (only mnist5k ships with vqkit; the others need --download once)."
+    )
