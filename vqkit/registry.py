@@ -50,11 +50,28 @@ class Entry:
     distribution: str | None = None
     options: list[Option] = field(default_factory=list)
     accepts_any: bool = False
+    # True when registered outside discovery (a plain import): discovery may still attribute it to the
+    # plugin whose entry point owns its module, so importing a plugin early does not lose its origin.
+    inferred: bool = False
+
+    @property
+    def module(self) -> str:
+        return str(getattr(self.obj, "__module__", "") or "")
 
     @property
     def summary(self) -> str:
-        doc = inspect.getdoc(self.obj) or ""
-        return doc.strip().splitlines()[0] if doc.strip() else ""
+        """The docstring's first sentence, on one line (docstrings wrap their first paragraph)."""
+        paragraph = " ".join((inspect.getdoc(self.obj) or "").strip().split("\n\n")[0].split())
+        end = paragraph.find(". ")
+        return paragraph[: end + 1] if end >= 0 else paragraph
+
+    @property
+    def details(self) -> str:
+        """The docstring beyond its first sentence."""
+        doc = (inspect.getdoc(self.obj) or "").strip()
+        head = self.summary
+        flat = " ".join(doc.split())
+        return flat[len(head) :].strip() if flat.startswith(head) else doc
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +79,7 @@ class Entry:
             "name": self.name,
             "origin": self.origin,
             "distribution": self.distribution,
+            "module": self.module,
             "summary": self.summary,
             "options": {o.name: (None if o.required else _jsonable(o.default)) for o in self.options},
             "required": [o.name for o in self.options if o.required],
@@ -132,7 +150,7 @@ class Registry:
                 f"(pass override=True to replace it on purpose)"
             )
         options, accepts_any = signature_options(obj, self.positional)
-        entry = Entry(self.kind, name, obj, label, dist, options, accepts_any)
+        entry = Entry(self.kind, name, obj, label, dist, options, accepts_any, inferred=current is None)
         self._entries[name] = entry
         return entry
 
@@ -153,7 +171,7 @@ class Registry:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         available = ", ".join(names) if names else "none"
-        return f"unknown {self.kind} {name!r}.{hint} Available {self.kind}s: {available}."
+        return f"unknown {self.kind} {name!r}.{hint} Available {self.kind}s: {available}.{_broken_note()}"
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -172,6 +190,16 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind!r}, {self.names()})"
+
+
+def _broken_note() -> str:
+    """When a name is unknown, a plugin that failed to load is the likely reason: say so."""
+    from vqkit.discovery import broken  # discovery imports this module; import it only when needed
+
+    if not broken:
+        return ""
+    names = ", ".join(b.source for b in broken)
+    return f" (plugins that failed to load: {names}; see `vqkit plugins`)"
 
 
 encoders = Registry("encoder", positional=("in_channels", "latent_dim"))

@@ -1,54 +1,59 @@
 from __future__ import annotations
 
-import difflib
 import json
+import textwrap
+from typing import TYPE_CHECKING
 
 import click
 
-from vqkit.errors import UnknownComponentError
+if TYPE_CHECKING:
+    from vqkit.registry import Entry
 
 
 @click.command("plugins")
 @click.argument("name", required=False)
-@click.option("-v", "--verbose", is_flag=True, help="Show every option with its default.")
+@click.option("-v", "--verbose", is_flag=True, help="Show each option on its own line, with its type.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def plugins_command(name: str | None, verbose: bool, as_json: bool) -> None:
-    """List registered encoders, quantizers, decoders and exporters, with where each came from.
+    """List registered encoders, quantizers, decoders and exporters: where each came from (built-in, a
+    package and its version, or a file), what it is, and its options with their defaults. Plugins that
+    failed to load are listed last, with their error.
 
-    With NAME, show that component (any kind) and its options.
+    With NAME, show that component (any kind) in full.
     """
-    from vqkit.discovery import broken, load_plugins
-    from vqkit.registry import REGISTRIES
+    from vqkit.discovery import components, find_components
 
-    load_plugins()
-    entries = [e for reg in REGISTRIES.values() for e in reg.entries()]
+    # A broken plugin (even one named with --plugin) must not hide the others: list it as broken instead.
+    entries, broken = components(strict=False)
     if name is not None:
-        entries = [e for e in entries if e.name == name]
-        if not entries:
-            names = sorted({e.name for reg in REGISTRIES.values() for e in reg.entries()})
-            close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise UnknownComponentError(
-                f"no plugin component named {name!r}.{hint} Run `vqkit plugins` to list them."
-            )
+        entries = find_components(name, entries)
         verbose = True
     if as_json:
         data = {"components": [e.to_dict() for e in entries], "broken": [b.__dict__ for b in broken]}
         click.echo(json.dumps(data, indent=2))
         return
-    for kind in REGISTRIES:
+    for kind in ("encoder", "quantizer", "decoder", "exporter"):
         chosen = [e for e in entries if e.kind == kind]
-        if not chosen:
-            continue
-        click.echo(f"{kind}s:")
-        for e in chosen:
-            click.echo(f"  {e.name:<14} {e.origin:<28} {e.summary}")
-            if verbose:
-                for o in e.options:
-                    click.echo(f"      {o.describe()}")
-                if e.accepts_any:
-                    click.echo("      (also takes any other keyword option)")
+        if chosen:
+            click.echo(f"{kind}s:")
+            for e in chosen:
+                click.echo(_describe(e, verbose))
     if broken and name is None:
-        click.echo("broken plugins:")
+        click.echo("broken plugins (skipped):")
         for b in broken:
             click.echo(f"  {b.source}: {b.error}")
+
+
+def _describe(e: Entry, verbose: bool) -> str:
+    lines = [f"  {e.name:<14} {e.origin:<30} {e.summary}".rstrip()]
+    if verbose:
+        lines += [
+            f"      {o.describe()}" + (f"  ({o.annotation})" if o.annotation else "") for o in e.options
+        ]
+        if e.details:
+            lines += [f"      {line}" for line in textwrap.wrap(e.details, 100)]
+    elif e.options:
+        lines.append("      options: " + ", ".join(o.describe() for o in e.options))
+    if e.accepts_any:
+        lines.append("      (also takes any other keyword option)")
+    return "\n".join(lines)

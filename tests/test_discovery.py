@@ -1,0 +1,270 @@
+"""Plugin discovery: entry points of (fake) installed distributions, VQKIT_PLUGINS, --plugin FILE/MODULE,
+broken plugins and name clashes. Every test runs inside ``preserved_state`` so nothing it registers leaks."""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import vqkit
+from vqkit import discovery
+from vqkit.cli.main import cli
+from vqkit.discovery import PluginWarning
+from vqkit.errors import ModelFileError, UnknownComponentError, VQKitError
+
+# A quantizer as a third party would write it: a subclass of the built-in vq with its own name.
+QUANTIZER_SOURCE = '''
+from vqkit.plugins.quantizers.vq import VQ
+from vqkit.registry import quantizers
+
+
+@quantizers.register("{name}")
+class FakeQuantizer(VQ):
+    """A fake quantizer for tests."""
+'''
+
+
+@pytest.fixture(autouse=True)
+def isolated(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv(discovery.ENV_VAR, raising=False)
+    modules = set(sys.modules)
+    with discovery.preserved_state():
+        yield
+    for name in set(sys.modules) - modules:
+        if name.startswith("fake_"):
+            del sys.modules[name]
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def fake_distribution(
+    root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    dist: str,
+    entry_points: dict[str, str],
+    modules: dict[str, str],
+) -> None:
+    """An installed distribution as importlib.metadata sees it: a .dist-info folder and its modules on
+    sys.path (what pip leaves behind, minus the files we do not need)."""
+    info = root / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    lines = "\n".join(f"{name} = {value}" for name, value in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[vqkit.plugins]\n{lines}\n")
+    for module, source in modules.items():
+        (root / f"{module}.py").write_text(textwrap.dedent(source))
+    monkeypatch.syspath_prepend(str(root))
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    assert "Traceback" not in result.output
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_entry_point_module_registers_with_its_distribution(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod, name = unique("fake_mod"), unique("fake-q")
+    fake_distribution(
+        tmp_path, monkeypatch, "fake-vq-plugin", {"fake": mod}, {mod: QUANTIZER_SOURCE.format(name=name)}
+    )
+    vqkit.load_plugins()
+    entry = vqkit.quantizers.entry(name)
+    assert entry.origin == "fake-vq-plugin 1.0" and entry.distribution == "fake-vq-plugin==1.0"
+    assert entry.summary == "A fake quantizer for tests."
+    # The plugin imported the built-in vq to subclass it: vq is still built-in.
+    assert vqkit.quantizers.entry("vq").origin == "built-in"
+
+
+def test_model_file_names_the_package_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod, name = unique("fake_mod"), unique("fake-q")
+    fake_distribution(
+        tmp_path / "site",
+        monkeypatch,
+        "fake-vq-plugin",
+        {"fake": mod},
+        {mod: QUANTIZER_SOURCE.format(name=name)},
+    )
+    vqkit.load_plugins()
+    model = vqkit.build_model("conv3", name, channels=1, latent_dim=8, codebook_size=16, seed=0)
+    assert model.spec.origins == {"encoder": None, "quantizer": "fake-vq-plugin==1.0", "decoder": None}
+    path = vqkit.save(model, tmp_path / "m.safetensors")
+    assert vqkit.read_spec(path)[0].origins["quantizer"] == "fake-vq-plugin==1.0"
+    vqkit.quantizers.remove(name)  # as if the plugin were uninstalled
+    with pytest.raises(ModelFileError, match=rf"unknown quantizer '{name}'.*pip install fake-vq-plugin==1.0"):
+        vqkit.load(path)
+
+
+def test_importing_a_plugin_early_keeps_its_origin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod, name = unique("fake_mod"), unique("fake-q")
+    fake_distribution(
+        tmp_path, monkeypatch, "fake-early", {"fake": mod}, {mod: QUANTIZER_SOURCE.format(name=name)}
+    )
+    __import__(mod)  # a user's script imports the plugin before vqkit looks for plugins
+    assert vqkit.quantizers.entry(name).origin == f"module {mod}"
+    vqkit.load_plugins()
+    assert vqkit.quantizers.entry(name).distribution == "fake-early==1.0"
+
+
+def test_entry_point_callable_is_handed_the_registries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod, name = unique("fake_mod"), unique("fake-enc")
+    source = f'''
+        from vqkit.plugins.encoders.conv3 import Conv3Encoder
+
+        def register(r):
+            r.encoders.add("{name}", Conv3Encoder)
+    '''
+    fake_distribution(tmp_path, monkeypatch, "fake-callable", {"fake": f"{mod}:register"}, {mod: source})
+    vqkit.load_plugins()
+    assert vqkit.encoders.entry(name).origin == "fake-callable 1.0"
+    assert vqkit.encoders.entry("conv3").origin == "built-in"
+
+
+def test_a_broken_plugin_warns_once_and_the_rest_keep_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    good, bad = unique("fake_good"), unique("fake_bad")
+    good_name, half_name = unique("good-q"), unique("half-q")
+    broken_source = QUANTIZER_SOURCE.format(name=half_name) + "\nraise RuntimeError('plugin exploded')\n"
+    fake_distribution(
+        tmp_path,
+        monkeypatch,
+        "fake-mixed",
+        {"good": good, "bad": bad},
+        {good: QUANTIZER_SOURCE.format(name=good_name), bad: broken_source},
+    )
+    with pytest.warns(
+        PluginWarning, match=rf"vqkit plugin bad \({bad}, from fake-mixed 1.0\).*plugin exploded"
+    ):
+        vqkit.load_plugins()
+    assert good_name in vqkit.quantizers and "vq" in vqkit.quantizers
+    # What the broken plugin registered before failing is taken back: it contributes nothing.
+    assert half_name not in vqkit.quantizers
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        vqkit.load_plugins()  # once: loading again does not warn again
+    assert not [w for w in record if issubclass(w.category, PluginWarning)]
+    with pytest.raises(UnknownComponentError, match=r"plugins that failed to load: bad"):
+        vqkit.build_model("conv3", half_name)
+
+    code, text = run("plugins")
+    assert code == 0 and good_name in text and "built-in" in text
+    assert "broken plugins (skipped):" in text and "RuntimeError: plugin exploded" in text
+    data = json.loads(run("plugins", "--json")[1])
+    assert any(b["error"] == "RuntimeError: plugin exploded" for b in data["broken"])
+    assert any(c["name"] == good_name and c["distribution"] == "fake-mixed==1.0" for c in data["components"])
+
+
+def test_a_name_clash_between_two_plugins_names_both(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b, name = unique("fake_a"), unique("fake_b"), unique("same-q")
+    fake_distribution(
+        tmp_path / "a", monkeypatch, "fake-a", {"a": a}, {a: QUANTIZER_SOURCE.format(name=name)}
+    )
+    fake_distribution(
+        tmp_path / "b", monkeypatch, "fake-b", {"b": b}, {b: QUANTIZER_SOURCE.format(name=name)}
+    )
+    with pytest.warns(
+        PluginWarning, match=rf"quantizer '{name}' is registered twice: by fake-a 1.0 and by fake-b 1.0"
+    ):
+        vqkit.load_plugins()
+    assert vqkit.quantizers.entry(name).origin == "fake-a 1.0"  # sorted by distribution: a fixed winner
+
+
+def test_a_plugin_file_that_clashes_with_a_builtin_is_an_error(tmp_path: Path) -> None:
+    plugin = tmp_path / "clash.py"
+    plugin.write_text(QUANTIZER_SOURCE.format(name="vq"))
+    code, text = run("--plugin", str(plugin), "build", "--quantizer", "vq")
+    assert code == 1
+    assert f"quantizer 'vq' is registered twice: by built-in and by file {plugin}" in text
+    assert text.count("\n") == 1
+
+
+def test_plugin_file_and_module_on_the_command_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    file_name, mod, mod_name = unique("file-q"), unique("fake_cli"), unique("mod-q")
+    plugin = tmp_path / "my_quantizer.py"
+    plugin.write_text(QUANTIZER_SOURCE.format(name=file_name))
+    (tmp_path / f"{mod}.py").write_text(QUANTIZER_SOURCE.format(name=mod_name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "m.safetensors"
+    code, text = run(
+        "--plugin", str(plugin), "--plugin", mod, "build", "--quantizer", file_name,
+        "--latent-dim", "8", "--codebook-size", "16", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+    assert f"quantizer  {file_name}" in text and "16 codes" in text
+    assert vqkit.quantizers.entry(file_name).origin == f"file {plugin}"
+    assert vqkit.quantizers.entry(mod_name).origin == f"module {mod}"
+    assert vqkit.load(out).spec.quantizer == file_name
+    code, text = run("plugins", "--json")
+    origins = {c["name"]: c["origin"] for c in json.loads(text)["components"]}
+    assert origins[file_name] == f"file {plugin}" and origins[mod_name] == f"module {mod}"
+
+
+def test_a_plugin_module_may_define_register_plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod, name = unique("fake_hook"), unique("hook-enc")
+    (tmp_path / f"{mod}.py").write_text(
+        "from vqkit.plugins.encoders.conv3 import Conv3Encoder\n\n"
+        f"def register_plugins(r):\n    r.encoders.add({name!r}, Conv3Encoder)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    vqkit.load_plugins([mod])
+    assert vqkit.encoders.entry(name).origin == f"module {mod}"
+
+
+def test_a_broken_plugin_file_fails_commands_but_not_the_listing(tmp_path: Path) -> None:
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text("from vqkit.registry import quantizers\n\nundefined_name + 1\n")
+    code, text = run("--plugin", str(bad), "build")
+    assert code == 1 and text.count("\n") == 1
+    assert f"Error: plugin {bad} failed to load: NameError: name 'undefined_name' is not defined" in text
+    code, text = run("--plugin", str(bad), "plugins")
+    assert code == 0 and "vq" in text and "conv3" in text
+    assert "broken plugins (skipped):" in text and "NameError" in text
+    code, text = run("build", "--latent-dim", "8")  # the failed request is not retried by later commands
+    assert code == 0, text
+
+
+def test_missing_plugin_file_or_module(tmp_path: Path) -> None:
+    code, text = run("--plugin", str(tmp_path / "nope.py"), "build")
+    assert code == 1 and "no such plugin file" in text
+    code, text = run("--plugin", "no_such_module_xyz", "build")
+    assert code == 1 and "plugin no_such_module_xyz failed to load: ModuleNotFoundError" in text
+
+
+def test_vqkit_plugins_variable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mod, bad, name = unique("fake_env"), unique("fake_env_bad"), unique("env-q")
+    (tmp_path / f"{mod}.py").write_text(QUANTIZER_SOURCE.format(name=name))
+    (tmp_path / f"{bad}.py").write_text("raise ImportError('missing dependency foo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(discovery.ENV_VAR, f"{mod}, {bad}")
+    code, text = run("plugins")
+    assert code == 0 and name in text and f"module {mod}" in text
+    # The CLI shows the warning as one line (on stderr), and lists the plugin as broken.
+    assert (
+        f"Warning: vqkit plugin {bad} failed to load and is skipped: ImportError: missing dependency foo"
+        in text
+    )
+    assert f"  {bad}: ImportError: missing dependency foo" in text
+    assert vqkit.quantizers.entry(name).origin == f"module {mod}"
+
+
+def test_strict_extra_plugins_raise_a_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("1 / 0\n")
+    with pytest.raises(VQKitError, match="plugin .*bad.py failed to load: ZeroDivisionError"):
+        vqkit.load_plugins([str(bad)])
