@@ -268,3 +268,20 @@ def test_strict_extra_plugins_raise_a_clear_error(tmp_path: Path) -> None:
     bad.write_text("1 / 0\n")
     with pytest.raises(VQKitError, match="plugin .*bad.py failed to load: ZeroDivisionError"):
         vqkit.load_plugins([str(bad)])
+
+
+def test_a_model_built_with_a_plugin_file_says_to_load_it(tmp_path: Path) -> None:
+    name = unique("file-q")
+    plugin = tmp_path / "my_quantizer.py"
+    plugin.write_text(QUANTIZER_SOURCE.format(name=name))
+    with discovery.preserved_state():
+        vqkit.load_plugins([str(plugin)])
+        model = vqkit.build_model("conv3", name, channels=1, latent_dim=8, codebook_size=16, seed=0)
+        path = vqkit.save(model, tmp_path / "m.safetensors")
+    assert model.spec.origins["quantizer"] is None  # no package to name
+    with pytest.raises(
+        ModelFileError, match=rf"unknown quantizer '{name}'.*load that plugin \(vqkit --plugin"
+    ):
+        vqkit.load(path)
+    vqkit.load_plugins([str(plugin)])  # loaded again, the model loads
+    assert vqkit.load(path).spec.quantizer == name

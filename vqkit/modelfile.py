@@ -64,11 +64,13 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> VQ
             for part, dist in spec.origins.items()
             if dist and part in REGISTRIES and getattr(spec, part) not in REGISTRIES[part]
         }
-        hint = (
-            f" This model needs the plugin package: pip install {' '.join(sorted(missing))}"
-            if missing
-            else ""
-        )
+        if missing:
+            hint = f" This model needs the plugin package: pip install {' '.join(sorted(missing))}"
+        else:  # built with a plugin file or module (no package recorded): it has to be loaded again
+            hint = (
+                " If a plugin file or module provides it, load that plugin "
+                "(vqkit --plugin MODULE_OR_FILE, VQKIT_PLUGINS, or vqkit.load_plugins([...]))."
+            )
         raise ModelFileError(f"{path}: {exc}{hint}") from exc
     try:
         state = load_file(str(path), device="cpu")
