@@ -39,3 +39,45 @@ def broadcast_(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_distributed():
         dist.broadcast(t, src=src)
     return t
+
+
+def all_reduce_max_(t: torch.Tensor) -> torch.Tensor:
+    """Maximum of ``t`` over ranks, in place."""
+    if is_distributed():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def barrier() -> None:
+    if is_distributed():
+        dist.barrier()
+
+
+def launched_by_torchrun() -> bool:
+    """Whether this process is one of several started by ``torchrun`` (or set up the same way)."""
+    import os
+
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group ``torchrun`` describes in the environment: NCCL for CUDA, gloo otherwise.
+    Returns True when this call created the group (and so should destroy it at the end)."""
+    if is_distributed() or not launched_by_torchrun():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend, device_id=device if device.type == "cuda" else None)
+    return True
+
+
+def local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def destroy() -> None:
+    if is_distributed():
+        dist.destroy_process_group()

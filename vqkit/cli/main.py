@@ -50,10 +50,15 @@ def cli(plugins: tuple[str, ...]) -> None:
 
 def _add_commands() -> None:
     from vqkit.cli.build import build
+    from vqkit.cli.evaluate import eval_command, reconstruct
     from vqkit.cli.plugins import plugins_command
+    from vqkit.cli.train import train
 
     cli.add_command(build)
     cli.add_command(plugins_command)
+    cli.add_command(train)
+    cli.add_command(eval_command)
+    cli.add_command(reconstruct)
 
 
 _add_commands()

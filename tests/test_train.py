@@ -1,0 +1,163 @@
+"""Training through the CLI and the library on mnist5k with tiny step counts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from safetensors import safe_open
+
+import vqkit
+from vqkit.cli.main import cli
+from vqkit.training import TrainConfig, TrainingDiverged, train
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny models run fastest on one thread, and on a shared 2-core machine two threads can be 8x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+FAST = ["--batch-size", "16", "--eval-images", "32", "--log-every", "2", "-q"]
+
+
+def _run(args: list[str]) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return vqkit.load(path).state_dict()
+
+
+def test_cli_train_writes_a_usable_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, text = _run(
+        ["train", "--steps", "6", "--eval-every", "3", "--checkpoint-every", "3", "-o", str(out), *FAST]
+    )
+    assert code == 0, text
+    assert "held-out   PSNR" in text and f"saved      {out / 'model.safetensors'}" in text
+    for name in ("model.safetensors", "train_state.pt", "recon_000003.png", "recon_000006.png"):
+        assert (out / name).is_file(), name
+    with Image.open(out / "recon_000006.png") as im:  # 8 originals above their 8 reconstructions
+        assert im.size == (8 * 34 + 2, 2 * 34 + 2)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "loss" in r]
+    assert steps == [2, 3, 4, 6]
+    evals = [r for r in records if r.get("event") == "eval"]
+    assert [e["step"] for e in evals] == [3, 6] and evals[-1]["split"] == "test" and evals[-1]["images"] == 32
+    model = vqkit.load(out / "model.safetensors")
+    assert model.spec.channels == 1 and model.spec.image_size == 32  # followed the data
+    # a second run into the same folder would overwrite it: refused
+    code, text = _run(["train", "--steps", "2", "-o", str(out), *FAST])
+    assert code == 1 and "already holds a run" in text and "--resume" in text
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    common = dict(steps=10, batch_size=16, log_every=5, eval_every=0, eval_images=16, checkpoint_every=5)
+    full = train(TrainConfig(**common, out=str(tmp_path / "full"), progress=False))
+
+    def ctrl_c_at_step_4(step: int, model: object) -> None:
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C does; the loop checkpoints and stops
+
+    cut = train(TrainConfig(**common, out=str(tmp_path / "cut"), progress=False), callback=ctrl_c_at_step_4)
+    assert cut.interrupted and cut.step == 4
+    model_file = tmp_path / "cut" / "model.safetensors"
+    code, text = _run(["train", "--model", str(model_file), "--resume", "-q"])
+    assert code == 0, text
+    resumed, reference = _weights(model_file), _weights(full.model_path)
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+    with safe_open(str(model_file), "pt") as f:
+        assert f.metadata()["vqkit.train.step"] == "10"
+
+
+def test_resume_refuses_another_model_and_a_finished_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, text = _run(["train", "--steps", "2", "--eval-every", "0", "-o", str(out), *FAST])
+    assert code == 0, text
+    model = str(out / "model.safetensors")
+    code, text = _run(["train", "--model", model, "--resume", "--latent-dim", "8", "-q"])
+    assert code == 1 and "different model" in text and "latent dim 8" in text
+    code, text = _run(["train", "--model", model, "--resume", "-q"])
+    assert code == 1 and "already trained 2 steps" in text
+    (out / "train_state.pt").unlink()
+    code, text = _run(["train", "--model", model, "--resume", "-q"])
+    assert code == 1 and "cannot be resumed" in text
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    def poison(step: int, model: torch.nn.Module) -> None:
+        if step == 3:
+            with torch.no_grad():
+                next(model.decoder.parameters()).fill_(float("nan"))
+
+    config = TrainConfig(
+        steps=8,
+        batch_size=16,
+        log_every=1,
+        eval_every=0,
+        eval_images=16,
+        checkpoint_every=2,
+        out=str(tmp_path / "run"),
+        progress=False,
+    )
+    with pytest.raises(TrainingDiverged, match=r"NaN or infinite.*last good checkpoint \(step 2\)"):
+        train(config, callback=poison)
+    weights = _weights(tmp_path / "run" / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
+    with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as f:
+        assert f.metadata()["vqkit.train.step"] == "2"
+
+
+def test_new_model_follows_a_folder_of_rgb_images(tmp_path: Path) -> None:
+    data = tmp_path / "images"
+    data.mkdir()
+    for i in range(12):
+        Image.new("RGB", (16, 16), (i * 20, 100, 200 - i * 10)).save(data / f"{i}.png")
+    out = tmp_path / "run"
+    code, text = _run(
+        [
+            "train",
+            "--data",
+            str(data),
+            "--steps",
+            "2",
+            "--precision",
+            "bf16",
+            "--eval-every",
+            "0",
+            "-o",
+            str(out),
+            *FAST,
+        ]
+    )
+    assert code == 0, text
+    spec = vqkit.load(out / "model.safetensors").spec
+    assert (spec.channels, spec.image_size) == (3, 16)
+
+
+def test_user_mistakes_are_one_clear_line(tmp_path: Path) -> None:
+    if not torch.cuda.is_available():
+        code, text = _run(["train", "--device", "cuda", "--steps", "1", "-o", str(tmp_path / "a"), *FAST])
+        assert code == 1 and "no CUDA GPU" in text
+    code, text = _run(["train", "--device", "tpu", "--steps", "1", *FAST])
+    assert code == 1 and ("unknown device" in text or "unsupported device" in text)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("")
+    code, text = _run(["train", "--steps", "1", "-o", str(blocker / "run"), *FAST])
+    assert code == 1 and "cannot write to the run folder" in text
+    code, text = _run(["train", "--resume", *FAST])
+    assert code == 1 and "--resume needs --model" in text
+    code, text = _run(["train", "--data", str(tmp_path / "nothing-here"), *FAST])
+    assert code == 1 and "no data source" in text

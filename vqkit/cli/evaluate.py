@@ -1,0 +1,102 @@
+"""``vqkit eval`` and ``vqkit reconstruct``: thin shells over :mod:`vqkit.evaluate`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("eval")
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.option(
+    "--data",
+    default="mnist5k",
+    show_default=True,
+    help="mnist5k, a folder of images, or a torchvision dataset name.",
+)
+@click.option(
+    "--split",
+    type=click.Choice(["train", "test", "all"]),
+    default="test",
+    show_default=True,
+    help="Which images (test: held out).",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
+@click.option(
+    "--data-root", type=click.Path(file_okay=False), default=None, help="Where torchvision datasets live."
+)
+@click.option("--download", is_flag=True, help="Download a torchvision dataset if it is not there yet.")
+@click.option("--skip-bad", is_flag=True, help="Leave out unreadable images of a folder instead of stopping.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the JSON here.",
+)
+def eval_command(
+    model_path: str,
+    data: str,
+    split: str,
+    limit: int | None,
+    data_root: str | None,
+    download: bool,
+    skip_bad: bool,
+    batch_size: int,
+    device: str,
+    output: Path | None,
+) -> None:
+    """Reconstruction quality of MODEL on a dataset, as JSON: MSE, PSNR (dB), codes used, perplexity,
+    bits per image, number of images.
+
+    \b
+    Example: vqkit eval runs/run-1/model.safetensors --data mnist5k -o eval.json
+    """
+    from vqkit.evaluate import evaluate_source
+
+    report = evaluate_source(
+        model_path,
+        data,
+        split=split,
+        limit=limit,
+        data_root=data_root,
+        download=download,
+        skip_bad=skip_bad,
+        batch_size=batch_size,
+        device=device,
+    )
+    text = json.dumps(report, indent=2)
+    click.echo(text)
+    if output is not None:
+        from vqkit.fileio import atomic_path
+
+        with atomic_path(output) as tmp:
+            tmp.write_text(text + "\n")
+
+
+@click.command()
+@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The grid PNG to write.",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+def reconstruct(model_path: str, images: tuple[str, ...], output: Path, device: str) -> None:
+    """Encode and decode image files with MODEL; write one grid, originals above their reconstructions.
+
+    \b
+    Example: vqkit reconstruct runs/run-1/model.safetensors a.png b.png -o grid.png
+    """
+    from vqkit.evaluate import reconstruct_files
+
+    report = reconstruct_files(model_path, list(images), output, device=device)
+    click.echo(f"PSNR {report['psnr']:.2f} dB over {report['images']} image(s)")
+    click.echo(f"saved      {output}")
