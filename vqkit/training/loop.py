@@ -7,10 +7,12 @@ Adam on CUDA; bf16 autocast with fp32 quantizer distances; channels-last on CUDA
 
 from __future__ import annotations
 
+import inspect
 import math
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -130,11 +132,7 @@ def _train(
         optimizer.load_state_dict(state["optimizer"])
     net: nn.Module = model
     if world > 1:
-        # Buffers (EMA statistics, ...) are reduced by the quantizers themselves (vqkit.distributed), so DDP
-        # need not overwrite them with rank 0's every step.
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
-        )
+        net = _wrap_ddp(model, device)
     forward = torch.compile(net) if config.compile else net
 
     batches = Batches(
@@ -311,6 +309,25 @@ def _train(
         resumed_from=start if state else None,
         is_main=is_main,
         model=model,
+    )
+
+
+def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
+    # Buffers (EMA statistics, ...) are reduced by the quantizers themselves (vqkit.distributed), so DDP need
+    # not overwrite them with rank 0's every step (newer torch spells that forward_sync_buffers=False).
+    ddp = nn.parallel.DistributedDataParallel
+    sync = (
+        {"forward_sync_buffers": False}
+        if "forward_sync_buffers" in inspect.signature(ddp).parameters
+        else {"broadcast_buffers": False}
+    )
+    # A 1-channel first conv gets gradients whose (size-1) channel stride differs from the bucket's: harmless.
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return ddp(
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        gradient_as_bucket_view=True,  # grads live in the all-reduce buckets: no extra copy
+        **sync,
     )
 
 
