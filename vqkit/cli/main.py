@@ -51,11 +51,15 @@ def cli(plugins: tuple[str, ...]) -> None:
 def _add_commands() -> None:
     from vqkit.cli.build import build
     from vqkit.cli.evaluate import eval_command, reconstruct
+    from vqkit.cli.generate import interpolate, prior_group, sample
     from vqkit.cli.plugins import plugins_command
     from vqkit.cli.train import train
 
     cli.add_command(build)
     cli.add_command(plugins_command)
+    cli.add_command(prior_group)
+    cli.add_command(sample)
+    cli.add_command(interpolate)
     cli.add_command(train)
     cli.add_command(eval_command)
     cli.add_command(reconstruct)

@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from generation_fixture import (
+    held_out_images,
+    one_thread,  # noqa: F401  (autouse: one thread for these tiny models)
+    tiny_model,
+    tiny_model_file,
+)
+from PIL import Image
+
+from vqkit.cli.main import cli
+from vqkit.errors import OptionError, ShapeError
+from vqkit.generate import interpolate, sample_codes, sample_images, uniform_codes
+from vqkit.images import to_uint8, write_image
+from vqkit.prior import CodePrior, PriorSpec, model_fingerprint, save_prior
+
+
+def tiny_prior(model) -> CodePrior:
+    torch.manual_seed(0)
+    spec = PriorSpec(grid=model.grid, codebook_size=32, width=16, layers=1, heads=2, dropout=0.0)
+    spec.model_fingerprint = model_fingerprint(model)
+    return CodePrior(spec).eval()
+
+
+def test_sampling_is_reproducible_with_a_seed() -> None:
+    model = tiny_model()
+    prior = tiny_prior(model)
+    a = sample_images(model, prior, 6, seed=3, temperature=0.9)
+    b = sample_images(model, prior, 6, seed=3, temperature=0.9)
+    c = sample_images(model, prior, 6, seed=4, temperature=0.9)
+    assert a.shape == (6, 1, 32, 32) and torch.equal(a, b) and not torch.equal(a, c)
+    u1, u2 = sample_images(model, "uniform", 4, seed=1), sample_images(model, "uniform", 4, seed=1)
+    assert torch.equal(u1, u2)
+
+
+def test_uniform_codes_use_the_models_real_grid() -> None:
+    model = tiny_model()
+    codes = uniform_codes(model, 200, seed=0)
+    assert codes.shape == (200, 4, 4)  # the seed tutorial used 32x32 for this 4x4-grid model
+    assert len(codes.unique()) == 32  # every code of the book is drawn
+
+
+def test_top_k_and_temperature_shape_the_draw() -> None:
+    model = tiny_model()
+    prior = tiny_prior(model)
+    greedy = [sample_codes(prior, 3, top_k=1, seed=s) for s in range(3)]
+    assert all(torch.equal(greedy[0], g) for g in greedy)  # top-1 is the likeliest code, whatever the seed
+    assert torch.equal(greedy[0][0], greedy[0][1])
+    hot = sample_codes(prior, 64, temperature=5.0, seed=0)
+    cold = sample_codes(prior, 64, temperature=0.05, seed=0)
+    assert len(hot.unique()) > len(cold.unique())
+    with pytest.raises(OptionError, match="temperature"):
+        sample_codes(prior, 2, temperature=0)
+    with pytest.raises(OptionError, match="top-k"):
+        sample_codes(prior, 2, top_k=33)
+
+
+def test_a_prefix_keeps_its_codes_and_the_prior_completes_the_rest() -> None:
+    model = tiny_model()
+    prior = tiny_prior(model)
+    rows = model.encode(held_out_images(1))[:, :2].expand(5, 2, 4)
+    codes = sample_codes(prior, 5, prefix=rows, seed=0)
+    assert codes.shape == (5, 4, 4) and torch.equal(codes[:, :2], rows)
+    assert len({tuple(c[2:].flatten().tolist()) for c in codes}) > 1
+
+
+def test_interpolation_ends_reconstruct_the_inputs() -> None:
+    model = tiny_model()
+    x = held_out_images(2)
+    steps = interpolate(model, x[0], x[1], steps=7)
+    assert steps.shape == (7, 1, 32, 32)
+    recon = model.decode(model.encode(x))
+    assert torch.equal(steps[0], recon[0]) and torch.equal(steps[-1], recon[1])
+    assert not torch.equal(steps[0], steps[-1])
+    # On the way the codes change: some middle step differs from both ends.
+    assert any(not torch.equal(s, steps[0]) and not torch.equal(s, steps[-1]) for s in steps[1:-1])
+    with pytest.raises(OptionError, match="at least 2 steps"):
+        interpolate(model, x[0], x[1], steps=1)
+    with pytest.raises(ShapeError, match=r"expected images \[B, 1, H, W\]"):
+        interpolate(model, torch.zeros(3, 32, 32), x[1])
+
+
+def run(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(cli, list(args))
+    assert "Traceback" not in result.output
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result.exit_code, result.output
+
+
+def test_cli_sample_and_interpolate_write_pngs(tmp_path: Path) -> None:
+    model_file = str(tiny_model_file())
+    model = tiny_model()
+    prior_dir = tmp_path / "prior"
+    save_prior(tiny_prior(model), prior_dir / "prior.safetensors")
+    out = tmp_path / "samples.png"
+    code, text = run(
+        "sample", model_file, "--prior", str(prior_dir), "-n", "6", "-o", str(out), "--seed", "0"
+    )
+    assert code == 0, text
+    grid = np.asarray(Image.open(out))
+    assert grid.shape == (2 + 2 * 34, 2 + 3 * 34)  # 6 grey 32x32 images, 3 per row, 2-pixel gaps
+    again = tmp_path / "again.png"
+    run(
+        "sample",
+        model_file,
+        "--prior",
+        str(prior_dir / "prior.safetensors"),
+        "-n",
+        "6",
+        "-o",
+        str(again),
+        "--seed",
+        "0",
+    )
+    assert np.array_equal(grid, np.asarray(Image.open(again)))
+    code, text = run(
+        "sample", model_file, "--prior", "uniform", "-n", "16", "-o", str(tmp_path / "noise.png")
+    )
+    assert code == 0 and np.asarray(Image.open(tmp_path / "noise.png")).shape == (138, 138)
+
+    x = to_uint8(held_out_images(2).numpy())
+    write_image(x[0].transpose(1, 2, 0), tmp_path / "a.png")
+    write_image(x[1].transpose(1, 2, 0), tmp_path / "b.png")
+    code, text = run("sample", model_file, "--prior", str(prior_dir), "-n", "4", "-o", str(tmp_path / "p.png"),
+                     "--prefix", str(tmp_path / "a.png"), "--prefix-rows", "2")  # fmt: skip
+    assert code == 0, text
+    lerp = tmp_path / "lerp.png"
+    code, text = run("interpolate", model_file, str(tmp_path / "a.png"), str(tmp_path / "b.png"),
+                     "--steps", "5", "-o", str(lerp), "--with-inputs")  # fmt: skip
+    assert code == 0, text
+    strip = np.asarray(Image.open(lerp))
+    assert strip.shape == (36, 2 + 7 * 34)
+    first_step = strip[2:34, 36:68]
+    expected = to_uint8(model.decode(model.encode(held_out_images(1))).numpy())[0, 0]
+    assert np.array_equal(first_step, expected)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--prior", "uniform", "--prefix", "{a}"], "a prefix needs a trained prior"),
+        (["--prior", "{missing}"], "no such prior"),
+        (["--prior", "{model}"], "is a vqkit model, not a prior"),
+        (["--prior", "{prior}", "--prefix", "{a}", "--prefix-rows", "4"], "--prefix-rows must lie in 1..3"),
+        (["--prior", "{prior}", "--top-k", "99"], "top-k must lie in 1..32"),
+    ],
+)
+def test_cli_sample_mistakes_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    model_file = str(tiny_model_file())
+    save_prior(tiny_prior(tiny_model()), tmp_path / "prior.safetensors")
+    write_image(np.zeros((32, 32, 1), np.uint8), tmp_path / "a.png")
+    names = {"a": tmp_path / "a.png", "missing": tmp_path / "nope", "model": model_file, "prior": tmp_path}
+    args = [a.format(**names) for a in args]
+    code, text = run("sample", model_file, *args, "-n", "2", "-o", str(tmp_path / "s.png"))
+    assert code == 1 and text.startswith("Error: ") and message in text, text
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_cli_interpolate_a_bad_image_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    write_image(np.zeros((32, 32, 1), np.uint8), tmp_path / "a.png")
+    code, text = run("interpolate", str(tiny_model_file()), str(tmp_path / "a.png"), str(tmp_path / "bad.png"),
+                     "-o", str(tmp_path / "l.png"))  # fmt: skip
+    assert code == 1 and "cannot read image" in text

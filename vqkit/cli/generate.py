@@ -1,0 +1,165 @@
+"""``vqkit prior train``, ``vqkit sample`` and ``vqkit interpolate``: thin shells over vqkit.prior_training and
+vqkit.generate. torch is imported inside the commands only, so ``vqkit`` starts without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+DEVICE = click.Choice(["auto", "cpu", "cuda", "mps"])
+MODEL = click.Path(dir_okay=False, path_type=Path)
+
+
+@click.group("prior")
+def prior_group() -> None:
+    """Priors over a model's codes (autoregressive transformers), for `vqkit sample`."""
+
+
+@prior_group.command("train")
+@click.argument("model", type=MODEL)
+@click.option(
+    "--data", default="mnist5k", show_default=True, help="mnist5k, a folder of images, or a dataset name."
+)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the prior run.")
+@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=1),
+    default=250,
+    show_default=True,
+    help="Steps between held-out evaluations and checkpoints.",
+)
+@click.option(
+    "--width", type=click.IntRange(min=1), default=128, show_default=True, help="Transformer width."
+)
+@click.option("--layers", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run in --out (to --steps in all).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def prior_train(
+    model: Path, out: Path, device: str, resume: bool, no_progress: bool, **options: object
+) -> None:
+    """Train a prior over MODEL's codes of --data; report held-out bits per image against the uniform prior.
+
+    \b
+    Example: vqkit prior train runs/a/model.safetensors --data mnist5k --out runs/a/prior
+    Writes OUT/prior.safetensors, OUT/checkpoint.safetensors (for --resume) and OUT/metrics.jsonl.
+    """
+    from vqkit.prior_training import PriorTrainConfig, train_prior
+
+    cfg = PriorTrainConfig(**options)  # type: ignore[arg-type]
+    train_prior(model, out, cfg, device=device, resume=resume, progress=not no_progress, log=click.echo)
+
+
+def _read_pictures(paths: tuple[Path, ...], model: object) -> object:
+    from vqkit.images import read_images
+
+    spec = model.spec  # type: ignore[attr-defined]
+    return read_images(paths, spec.channels, spec.image_size)
+
+
+@click.command()
+@click.argument("model", type=MODEL)
+@click.option(
+    "--prior", "prior", required=True, help="A prior file or `vqkit prior train` folder, or `uniform`."
+)
+@click.option(
+    "-n", "--num", "n", type=click.IntRange(min=1), default=64, show_default=True, help="Images to draw."
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Grid PNG."
+)
+@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option(
+    "--top-k", type=click.IntRange(min=1), default=None, help="Draw only among the k likeliest codes."
+)
+@click.option("--seed", type=int, default=None, help="Same seed, same images.")
+@click.option(
+    "--prefix",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="An image whose top code rows the prior completes (with --prefix-rows).",
+)
+@click.option("--prefix-rows", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per row [default: square].")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+def sample(
+    model: Path,
+    prior: str,
+    n: int,
+    output: Path,
+    temperature: float,
+    top_k: int | None,
+    seed: int | None,
+    prefix: Path | None,
+    prefix_rows: int,
+    nrow: int | None,
+    device: str,
+) -> None:
+    """Draw images from MODEL's codes: sampled from a trained --prior, or uniformly (--prior uniform).
+
+    \b
+    Example: vqkit sample runs/a/model.safetensors --prior runs/a/prior -n 64 -o samples.png --seed 0
+    """
+    import torch
+
+    from vqkit.errors import OptionError
+    from vqkit.generate import sample_images
+    from vqkit.images import write_grid
+    from vqkit.modelfile import load
+
+    vq = load(model)
+    codes_prefix = None
+    if prefix is not None:
+        h = vq.grid[0]
+        if not 1 <= prefix_rows < h:
+            raise OptionError(f"--prefix-rows must lie in 1..{h - 1} for the model's {h}-row grid")
+        x = torch.from_numpy(_read_pictures((prefix,), vq)).float() / 127.5 - 1.0  # type: ignore[arg-type]
+        rows = vq.encode(x)[:, :prefix_rows]
+        codes_prefix = rows.expand(n, *rows.shape[1:])
+    images = sample_images(
+        vq, prior, n, temperature=temperature, top_k=top_k, seed=seed, device=device, prefix=codes_prefix
+    )
+    write_grid(images.numpy(), output, nrow=nrow)
+    click.echo(f"wrote {n} samples to {output}")
+
+
+@click.command()
+@click.argument("model", type=MODEL)
+@click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Strip PNG."
+)
+@click.option("--with-inputs", is_flag=True, help="Put the two input images at the ends of the strip.")
+@click.option("--device", type=DEVICE, default="auto", show_default=True)
+def interpolate(
+    model: Path, image_a: Path, image_b: Path, steps: int, output: Path, with_inputs: bool, device: str
+) -> None:
+    """Walk from IMAGE_A to IMAGE_B in MODEL's latent space; write the decoded steps as one strip PNG.
+
+    \b
+    Example: vqkit interpolate runs/a/model.safetensors a.png b.png --steps 10 -o lerp.png
+    """
+    import numpy as np
+
+    from vqkit.generate import interpolate as interpolate_latents
+    from vqkit.generate import resolve_device
+    from vqkit.images import to_float, write_grid
+    from vqkit.modelfile import load
+
+    vq = load(model, device=resolve_device(device))
+    pictures = _read_pictures((image_a, image_b), vq)
+    a, b = to_float(pictures)  # type: ignore[arg-type]
+    images = interpolate_latents(vq, a, b, steps).numpy()
+    if with_inputs:
+        images = np.concatenate([a[None], images, b[None]])
+    write_grid(images, output, nrow=len(images))
+    click.echo(f"wrote {steps} steps from {image_a} to {image_b} to {output}")

@@ -1,0 +1,151 @@
+"""Making images from codes: sampling a prior (or the uniform distribution) and interpolating latents."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from vqkit.errors import OptionError, ShapeError
+from vqkit.prior import CodePrior, check_prior_fits, load_prior
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` is CUDA when present, then MPS, else the CPU; asking for a device that is absent fails clearly."""
+    name = str(device)
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise OptionError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptionError("--device mps: MPS is not available here (use --device cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise OptionError(f"unknown device {name!r} (use one of {', '.join(DEVICES)})") from exc
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def uniform_codes(
+    model: Any, n: int, *, seed: int | None = None, device: str | torch.device = "cpu"
+) -> torch.Tensor:
+    """The seed tutorial's generator, on the model's real grid: every code drawn uniformly at random."""
+    dev = torch.device(device)
+    shape = (n, *model.codes_shape)
+    return torch.randint(model.quantizer.codebook_size, shape, generator=_generator(seed, dev), device=dev)
+
+
+def sample_codes(
+    prior: CodePrior,
+    n: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    prefix: torch.Tensor | None = None,
+    batch_size: int = 256,
+) -> torch.Tensor:
+    """``n`` code grids from ``prior`` (on the prior's device). The same ``seed`` gives the same codes.
+
+    ``prefix`` (codes ``[n, h, w(, S)]`` or ``[n, P]`` flat) fixes the first codes in raster order, e.g. the top
+    rows of an image's codes: the prior completes the rest.
+    """
+    if n < 1:
+        raise OptionError(f"the number of samples must be positive, got {n}")
+    dev = prior.positions.device
+    gen = _generator(seed, dev)
+    flat = None
+    if prefix is not None:
+        flat = prefix.reshape(prefix.shape[0], -1).to(dev).long()
+        if flat.shape[0] != n:
+            raise ShapeError(f"prefix holds {flat.shape[0]} code grids for {n} samples")
+    prior.eval()
+    parts = []
+    for i in range(0, n, batch_size):
+        m = min(batch_size, n - i)
+        p = None if flat is None else flat[i : i + m]
+        parts.append(prior.sample(m, temperature=temperature, top_k=top_k, generator=gen, prefix=p))
+    return torch.cat(parts)
+
+
+def sample_images(
+    model: Any,
+    prior: CodePrior | str | os.PathLike[str],
+    n: int,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    seed: int | None = None,
+    device: str | torch.device = "cpu",
+    prefix: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Sample ``n`` images ``[n, C, H, W]`` in [-1, 1] (on the CPU): codes from ``prior`` decoded by ``model``.
+
+    ``prior`` is a :class:`CodePrior`, a prior file or folder, or ``"uniform"`` (the seed's random codes).
+    """
+    dev = resolve_device(device)
+    model = model.to(dev).eval()
+    if isinstance(prior, (str, os.PathLike)) and str(prior) == "uniform":
+        if prefix is not None:
+            raise OptionError("a prefix needs a trained prior, not the uniform one")
+        if n < 1:
+            raise OptionError(f"the number of samples must be positive, got {n}")
+        codes = uniform_codes(model, n, seed=seed, device=dev)
+    else:
+        if not isinstance(prior, CodePrior):
+            prior = load_prior(prior)
+        check_prior_fits(prior, model)
+        prior = prior.to(dev)
+        codes = sample_codes(prior, n, temperature=temperature, top_k=top_k, seed=seed, prefix=prefix)
+    return decode_batched(model, codes).cpu()
+
+
+def decode_batched(model: Any, codes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    return torch.cat([model.decode(c) for c in codes.split(batch_size)])
+
+
+def as_image_batch(x: torch.Tensor | np.ndarray, model: Any) -> torch.Tensor:
+    """One image ``[C, H, W]`` or a batch ``[B, C, H, W]`` (float in [-1, 1], or uint8) as a float batch."""
+    t = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
+    if t.dtype == torch.uint8:
+        t = t.float() / 127.5 - 1.0
+    if t.dim() == 3:
+        t = t.unsqueeze(0)
+    model.check_images(t)
+    return t.float()
+
+
+@torch.no_grad()
+def interpolate(
+    model: Any, a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, steps: int = 10
+) -> torch.Tensor:
+    """Images along the straight line between ``a``'s and ``b``'s continuous latents, as the seed does:
+    ``z = lerp(z_a, z_b, t)`` for ``t`` in ``0 .. 1``, quantized and decoded -> ``[steps, C, H, W]``.
+
+    The ends are exactly the model's reconstructions of ``a`` and ``b`` (lerp is exact at t = 0 and 1).
+    """
+    if steps < 2:
+        raise OptionError(f"interpolation needs at least 2 steps, got {steps}")
+    dev = next(model.parameters()).device
+    xa, xb = as_image_batch(a, model), as_image_batch(b, model)
+    if xa.shape[0] != 1 or xb.shape[0] != 1:
+        raise ShapeError("interpolate takes one image at each end")
+    if xa.shape != xb.shape:
+        raise ShapeError(f"the two images differ in shape: {list(xa.shape)} and {list(xb.shape)}")
+    model.eval()
+    za, zb = model.encoder(xa.to(dev)), model.encoder(xb.to(dev))
+    weights = torch.linspace(0.0, 1.0, steps, device=dev).view(-1, 1, 1, 1)
+    z = torch.lerp(za.expand(steps, -1, -1, -1), zb.expand(steps, -1, -1, -1), weights)
+    return model.decode(model.quantizer.quantize(z)).cpu()
