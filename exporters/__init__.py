@@ -1,1 +1,3 @@
-"""vqkit's built-in exporters."""
+"""vqkit's built-in exporters. Importing this package registers them, exactly as a third party's would."""
+
+from vqkit.exporters import onnx  # noqa: F401

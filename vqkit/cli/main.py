@@ -50,7 +50,9 @@ def cli(plugins: tuple[str, ...]) -> None:
 
 def _add_commands() -> None:
     from vqkit.cli.build import build
+    from vqkit.cli.codes import decode_command, encode_command
     from vqkit.cli.evaluate import eval_command, reconstruct
+    from vqkit.cli.export import export_command
     from vqkit.cli.generate import interpolate, prior_group, sample
     from vqkit.cli.plugins import plugins_command
     from vqkit.cli.train import train
@@ -60,6 +62,9 @@ def _add_commands() -> None:
     cli.add_command(prior_group)
     cli.add_command(sample)
     cli.add_command(interpolate)
+    cli.add_command(export_command)
+    cli.add_command(encode_command)
+    cli.add_command(decode_command)
     cli.add_command(train)
     cli.add_command(eval_command)
     cli.add_command(reconstruct)
