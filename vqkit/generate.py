@@ -11,25 +11,17 @@ import torch
 from vqkit.errors import OptionError, ShapeError
 from vqkit.prior import CodePrior, check_prior_fits, load_prior
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+# The same device rules as `vqkit train`: auto = CUDA, then MPS, then CPU; cuda:N; clear errors.
+from vqkit.training.device import resolve_device
 
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` is CUDA when present, then MPS, else the CPU; asking for a device that is absent fails clearly."""
-    name = str(device)
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        return torch.device("mps" if mps is not None and mps.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise OptionError("--device cuda: no CUDA GPU is available here (use --device cpu or auto)")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise OptionError("--device mps: MPS is not available here (use --device cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise OptionError(f"unknown device {name!r} (use one of {', '.join(DEVICES)})") from exc
+__all__ = [
+    "decode_batched",
+    "interpolate",
+    "resolve_device",
+    "sample_codes",
+    "sample_images",
+    "uniform_codes",
+]
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import click
 
-DEVICE = click.Choice(["auto", "cpu", "cuda", "mps"])
 MODEL = click.Path(dir_okay=False, path_type=Path)
 
 
@@ -38,7 +37,7 @@ def prior_group() -> None:
 @click.option("--layers", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
-@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run in --out (to --steps in all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
@@ -88,7 +87,7 @@ def _read_pictures(paths: tuple[Path, ...], model: object) -> object:
 )
 @click.option("--prefix-rows", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per row [default: square].")
-@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def sample(
     model: Path,
     prior: str,
@@ -139,7 +138,7 @@ def sample(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Strip PNG."
 )
 @click.option("--with-inputs", is_flag=True, help="Put the two input images at the ends of the strip.")
-@click.option("--device", type=DEVICE, default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
 def interpolate(
     model: Path, image_a: Path, image_b: Path, steps: int, output: Path, with_inputs: bool, device: str
 ) -> None:
