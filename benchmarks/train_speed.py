@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import vqkit
 from vqkit.data import load_images
 from vqkit.registry import quantizers
 from vqkit.training import TrainConfig, train
@@ -110,6 +111,7 @@ def seed_loop(images: torch.Tensor, batch: int, warmup: int, steps: int, device:
 
 
 def vqkit_loop(batch: int, warmup: int, steps: int, device: str, precision: str, compile: bool) -> float:
+    vqkit.load_plugins()
     seed_options = {"init": "uniform"}
     if any(o.name == "restart_after" for o in quantizers.entry("vq").options):
         seed_options["restart_after"] = 0

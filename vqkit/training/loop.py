@@ -203,7 +203,9 @@ def _train(
                     group["lr"] = lr
                 x = batches.get(step)
                 with autocast(config.precision, device):
-                    out = forward(x)
+                    out = (
+                        forward(x) if not (config.compile and step == start) else _first_compiled(forward, x)
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 out.loss.backward()
                 if config.grad_clip:
@@ -215,7 +217,10 @@ def _train(
                 row = [
                     loss,
                     out.recon_loss.detach().float(),
-                    *(stats.get(k, zero).float() for k in STAT_KEYS[2:]),
+                    *(
+                        torch.as_tensor(stats.get(k, zero), dtype=torch.float32, device=device)
+                        for k in STAT_KEYS[2:]
+                    ),
                 ]
                 acc += torch.cat([torch.stack(row), one])
                 first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(loss), step + 1)
@@ -310,6 +315,20 @@ def _train(
         is_main=is_main,
         model=model,
     )
+
+
+def _first_compiled(forward: Any, x: torch.Tensor) -> Any:
+    """The first call of a torch.compile'd model compiles it; a failure there (no C++ compiler, an op the
+    compiler cannot handle) is the user's choice of --compile, so it gets one clear line."""
+    try:
+        return forward(x)
+    except VQKitError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise VQKitError(
+            f"--compile failed while compiling the model ({first}); run without --compile"
+        ) from exc
 
 
 def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:

@@ -6,7 +6,6 @@ that every replica ends with the same codebook (``run_ddp_cpu(TrainConfig(model=
 from __future__ import annotations
 
 import os
-import socket
 import tempfile
 from pathlib import Path
 
@@ -17,31 +16,27 @@ from safetensors.torch import load_file, save_file
 from vqkit.training.config import TrainConfig
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _worker(rank: int, world: int, rendezvous: str, config_json: str, out: str, plugins: list[str]) -> None:
+    import torch.distributed as dist
 
-
-def _worker(rank: int, world: int, port: int, config_json: str, out: str, plugins: list[str]) -> None:
     os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_WORLD_SIZE=str(world),
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), LOCAL_WORLD_SIZE=str(world)
     )
     torch.set_num_threads(1)  # W processes share the machine's cores
-    if plugins:
-        from vqkit.discovery import request
+    # A file rendezvous instead of torchrun's TCP port: no port to race for with other jobs on the machine.
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world)
+    try:
+        if plugins:
+            from vqkit.discovery import request
 
-        request(tuple(plugins))
-    from vqkit.training.loop import train
+            request(tuple(plugins))
+        from vqkit.training.loop import train
 
-    result = train(TrainConfig.from_json(config_json))
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in result.model.state_dict().items()}
-    save_file(state, str(Path(out) / f"rank{rank}.safetensors"))
+        result = train(TrainConfig.from_json(config_json))
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in result.model.state_dict().items()}
+        save_file(state, str(Path(out) / f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
 
 
 def run_ddp_cpu(
@@ -55,7 +50,7 @@ def run_ddp_cpu(
     with tempfile.TemporaryDirectory(prefix="vqkit-ddp-") as out:
         mp.start_processes(
             _worker,
-            args=(world_size, _free_port(), config.to_json(), out, list(plugins or [])),
+            args=(world_size, str(Path(out) / "rendezvous"), config.to_json(), out, list(plugins or [])),
             nprocs=world_size,
             join=True,
             start_method="spawn",
