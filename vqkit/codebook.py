@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import torch
 
+from vqkit import search
+
 
 def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """Index of the nearest row of ``codebook [K, D]`` for each row of ``z [N, D]`` (int64 ``[N]``)."""
-    with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.float()
-        e = codebook.float()
-        distances = (
-            torch.sum(z**2, dim=-1, keepdim=True)
-            + torch.sum(e**2, dim=-1).unsqueeze(0)
-            - 2 * torch.matmul(z, e.t())
-        )
-        return torch.argmin(distances, dim=-1)
+    """Index of the nearest row of ``codebook [K, D]`` for each row of ``z [N, D]`` (int64 ``[N]``).
+
+    Delegates to :mod:`vqkit.search`: a fused Triton kernel on CUDA, a bounded-memory chunked search
+    elsewhere, the plain formula when exporting; never an N x K matrix outside export.
+    """
+    return search.nearest_code(z, codebook)
 
 
 def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:

@@ -1,0 +1,273 @@
+"""The nearest-code search: every path gives the exact fp32 formula's codes (but on exact ties), in bounded
+memory, and the plain formula is what export traces."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from vqkit import codebook as codebook_module
+from vqkit.search import MIN_ROWS, nearest_code, nearest_code_chunked, nearest_code_plain, tile_shape
+
+SHAPES = [  # (N, K, D): odd sizes, N below one chunk, K = 1, K past one tile, tiny and wide D
+    (1, 1, 1),
+    (7, 1, 5),
+    (100, 3, 64),
+    (1000, 512, 64),
+    (333, 8193, 17),
+    (2500, 257, 3),
+    (64, 40, 200),
+]
+
+
+def _data(n: int, k: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+
+
+def assert_nearest(codes: torch.Tensor, z: torch.Tensor, e: torch.Tensor) -> None:
+    """Codes equal the plain fp32 formula's, except where the two picks are a tie in exact arithmetic
+    (fp64 distances equal up to fp32 rounding); and every pick is a true nearest code up to that rounding."""
+    ref = nearest_code_plain(z, e)
+    assert codes.dtype == torch.int64 and codes.shape == ref.shape
+    d64 = torch.cdist(z.double(), e.double()) ** 2
+    scale = (z.double() ** 2).sum(1) + (e.double() ** 2).sum(1).max()
+    slack = 1e-5 * scale
+    rows = torch.arange(len(codes))
+    assert bool((d64[rows, codes] <= d64.min(1).values + slack).all()), "a code is not the nearest"
+    differ = codes != ref
+    assert bool((d64[rows, codes] - d64[rows, ref]).abs()[differ].le(slack[differ]).all())
+    assert differ.float().mean() <= 0.01
+
+
+@pytest.mark.parametrize(("n", "k", "d"), SHAPES)
+def test_chunked_matches_plain_formula(n: int, k: int, d: int) -> None:
+    z, e = _data(n, k, d)
+    assert_nearest(nearest_code_chunked(z, e), z, e)
+    # A small budget forces row chunks and, below MIN_ROWS x K, about 3 codebook tiles with a running minimum.
+    assert_nearest(nearest_code_chunked(z, e, max_bytes=MIN_ROWS * 4 * max(1, k // 3)), z, e)
+
+
+def test_auto_on_cpu_and_codebook_module_give_the_same_codes() -> None:
+    z, e = _data(3000, 700, 32)
+    codes = nearest_code(z, e)
+    assert torch.equal(codes, nearest_code_chunked(z, e))
+    assert torch.equal(codebook_module.nearest_code(z, e), codes)
+    assert_nearest(codes, z, e)
+
+
+@pytest.mark.parametrize("max_bytes", [None, 256 * 4 * 3])
+def test_exact_ties_go_to_the_lowest_index_as_argmin(max_bytes: int | None) -> None:
+    _, e = _data(1, 300, 8)
+    e[250] = e[7]  # the same code twice, in different codebook tiles under the small budget
+    z = e[[7, 250, 7]].clone()
+    assert nearest_code_chunked(z, e, max_bytes=max_bytes).tolist() == [7, 7, 7]
+    assert nearest_code_plain(z, e).tolist() == [7, 7, 7]
+
+
+def test_bf16_inputs_and_autocast_still_search_in_fp32() -> None:
+    z, e = _data(2000, 512, 64, seed=1)
+    zb, eb = z.bfloat16(), e.bfloat16()
+    ref = nearest_code_plain(zb.float(), eb.float())  # bf16 values are exact in fp32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        naive = torch.argmin(
+            (zb**2).sum(-1, keepdim=True) + (eb**2).sum(-1) - 2 * torch.matmul(z, e.t()), dim=-1
+        )
+        got = [nearest_code(zb, eb), nearest_code(z.bfloat16(), e), nearest_code(zb, eb, backend="plain")]
+    assert (naive != ref).any(), "the data must tell a bf16 search from an fp32 one"
+    assert torch.equal(got[0], nearest_code_chunked(zb.float(), eb.float()))
+    assert_nearest(got[0], zb.float(), eb.float())
+    assert_nearest(got[1], zb.float(), e)
+    assert torch.equal(got[2], ref)
+
+
+def test_inputs_requiring_grad_and_empty_batches() -> None:
+    z, e = _data(50, 20, 4)
+    codes = nearest_code(z.requires_grad_(), torch.nn.Parameter(e))
+    assert not codes.requires_grad
+    assert nearest_code(torch.empty(0, 4), e).shape == (0,)
+
+
+def test_bad_shapes_and_backend_are_clear_errors() -> None:
+    with pytest.raises(ValueError, match="same D"):
+        nearest_code(torch.zeros(3, 4), torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="at least one code"):
+        nearest_code(torch.zeros(3, 4), torch.zeros(0, 4))
+    with pytest.raises(ValueError, match="backend"):
+        nearest_code(torch.zeros(3, 4), torch.zeros(5, 4), backend="fast")
+
+
+@pytest.mark.parametrize(
+    ("n", "k", "budget"), [(10, 5, 1 << 20), (100_000, 8192, 8 << 20), (1000, 10**7, 8 << 20)]
+)
+def test_tiles_stay_within_the_budget(n: int, k: int, budget: int) -> None:
+    rows, codes = tile_shape(n, k, budget)
+    assert 1 <= rows <= n and 1 <= codes <= k and rows * codes * 4 <= budget
+
+
+def test_search_memory_stays_bounded_where_the_formula_needs_512_mib() -> None:
+    # Peak resident memory (VmHWM, reset through clear_refs) of a fresh process, over its resident memory
+    # just before the search: the plain formula's N x K fp32 matrix alone would be 512 MiB here.
+    script = textwrap.dedent(
+        """
+        import re, torch
+        from vqkit.codebook import nearest_code
+        torch.set_num_threads(2)
+        kib = lambda key: int(re.search(key + r":\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+        z, e = torch.randn(16384, 16), torch.randn(8192, 16)
+        nearest_code(z[:100], e)  # one-time lazy initialisation (code pages, thread pools) is not the search's
+        open("/proc/self/clear_refs", "w").write("5")
+        before = kib("VmRSS")
+        nearest_code(z, e)
+        print((kib("VmHWM") - before) * 1024)
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert int(out.stdout.split()[-1]) < 64 * 2**20
+
+
+def test_onnx_export_traces_the_plain_formula_with_a_dynamic_batch(tmp_path) -> None:
+    ort = pytest.importorskip("onnxruntime")
+
+    class Search(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.codebook = torch.nn.Parameter(torch.randn(300, 16))
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return nearest_code(z, self.codebook)
+
+    model = Search().eval()
+    path = tmp_path / "search.onnx"
+    batch = torch.export.Dim("n")
+    torch.onnx.export(model, (torch.randn(8, 16),), str(path), dynamo=True, dynamic_shapes={"z": {0: batch}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for n in (1, 5000):  # 5000 rows is several CPU chunks: a traced chunk loop would not give these
+        z = torch.randn(n, 16)
+        (codes,) = session.run(None, {session.get_inputs()[0].name: z.numpy()})
+        np.testing.assert_array_equal(codes, nearest_code(z, model.codebook).numpy())
+
+
+def test_torch_compile_calls_the_search_as_one_opaque_op() -> None:
+    graphs: list[torch.fx.GraphModule] = []
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> object:
+        graphs.append(gm)
+        return gm.forward
+
+    search = torch.compile(lambda z, e: nearest_code(z, e), backend=backend, fullgraph=True, dynamic=True)
+    z, e = _data(700, 90, 8)
+    assert torch.equal(search(z, e), nearest_code_plain(z, e))
+    targets = {str(node.target) for gm in graphs for node in gm.graph.nodes}
+    assert "vqkit.nearest_code.default" in targets
+    assert not any("matmul" in t or "argmin" in t for t in targets), targets
+
+
+INTERPRET_SCRIPT = """
+import json, torch
+from vqkit.search import nearest_code
+cases = json.loads(input())
+out = []
+for n, k, d, seed in cases:
+    g = torch.Generator().manual_seed(seed)
+    z, e = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+    if seed == 99:  # exact ties across codebook tiles
+        e[k - 1] = e[2]
+        z[:2] = e[2]
+    out.append(nearest_code(z, e, backend="triton").tolist())
+print(json.dumps(out))
+"""
+
+
+def test_triton_kernel_in_the_triton_interpreter() -> None:
+    pytest.importorskip("triton")
+    # (N, K, D, seed): K not a tile multiple, odd D, N below a tile, K = 1, D past one register block, ties.
+    cases = [(200, 300, 64, 0), (130, 257, 17, 1), (1, 1, 3, 2), (70, 40, 200, 3), (150, 260, 32, 99)]
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", INTERPRET_SCRIPT],
+        input=json.dumps(cases),
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    results = json.loads(proc.stdout.splitlines()[-1])
+    for (n, k, d, seed), codes in zip(cases, results):
+        g = torch.Generator().manual_seed(seed)
+        z, e = torch.randn(n, d, generator=g), torch.randn(k, d, generator=g)
+        if seed == 99:
+            e[k - 1] = e[2]
+            z[:2] = e[2]
+            assert codes[:2] == [2, 2]
+        assert_nearest(torch.tensor(codes, dtype=torch.int64), z, e)
+
+
+def test_triton_kernel_compiles_for_h100_without_a_gpu() -> None:
+    """Lowers the kernel through Triton's real CUDA pipeline (ptxas included) for sm_90: catches what the
+    interpreter cannot (layouts, dot lowering, register allocation). Needs no GPU, only Triton's ptxas."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from vqkit.search_triton import _nearest_code_kernel, kernel_config
+
+    cfg = kernel_config(64, "ieee")
+    pointers = {name: "*fp32" for name in ("z_ptr", "zsq_ptr", "e_ptr", "esq_ptr")}
+    ints = {name: "i32" for name in ("N", "K", "D", "stride_z", "stride_e")}
+    consts = {name: cfg[name] for name in ("BLOCK_N", "BLOCK_K", "BLOCK_D", "ONE_D_BLOCK")} | {
+        "PRECISION": "ieee"
+    }
+    signature = {**pointers, "out_ptr": "*i64", **ints, **{name: "constexpr" for name in consts}}
+    try:
+        kernel = triton.compile(
+            ASTSource(fn=_nearest_code_kernel, signature=signature, constexprs=consts),
+            target=GPUTarget("cuda", 90, 32),
+            options={"num_warps": cfg["num_warps"], "num_stages": cfg["num_stages"]},
+        )
+    except RuntimeError as err:  # no CUDA toolchain shipped with this Triton
+        if "ptxas" in str(err) and "not found" in str(err).lower():
+            pytest.skip(f"Triton's ptxas is missing: {err}")
+        raise
+    assert kernel.asm["cubin"] and ".entry _nearest_code_kernel" in kernel.asm["ptx"]
+    assert kernel.metadata.shared <= 227 * 1024  # fits an H100 SM's shared memory
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+@pytest.mark.parametrize(("n", "k", "d"), [*SHAPES, (65536, 8192, 64), (20000, 16384, 32), (4096, 300, 256)])
+def test_triton_kernel_on_cuda(n: int, k: int, d: int, precision: str) -> None:
+    from vqkit.search_triton import nearest_code_triton
+
+    z, e = _data(n, k, d)
+    z, e = z.cuda(), e.cuda()
+    codes = nearest_code_triton(z, e, precision)
+    ref = nearest_code_plain(z, e)
+    differ = codes != ref
+    assert differ.float().mean().item() <= 0.01
+    # Only near-ties may differ: the fp64 distances of the two picks agree up to fp32 rounding.
+    zd, ed = z.double(), e.double()
+    gap = ((zd - ed[codes]) ** 2).sum(1) - ((zd - ed[ref]) ** 2).sum(1)
+    scale = (zd**2).sum(1) + (ed**2).sum(1).max()
+    assert bool(gap.abs()[differ].le(1e-5 * scale[differ]).all())
+
+
+@pytest.mark.gpu
+def test_auto_search_on_cuda_needs_no_n_by_k_memory() -> None:
+    z, e = _data(65536, 8192, 64)
+    z, e = z.cuda().requires_grad_(), e.cuda()
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        codes = nearest_code(z, e)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < 64 * 2**20  # the N x K matrix would be 2 GiB
+    assert torch.equal(codes, nearest_code(z, e, backend="triton"))

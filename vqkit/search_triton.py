@@ -1,0 +1,166 @@
+"""Fused nearest-code search as a Triton kernel: distances tile by tile, only the running argmin is kept.
+
+Each program owns ``BLOCK_N`` rows of ``z``; it walks the codebook ``BLOCK_K`` codes at a time, computes
+``(|z|^2 + |e|^2) - 2 z.e^T`` for the tile in registers (the same expression, in the same order, as the plain
+formula, so codes agree with it except on exact ties) and folds the tile's minimum into a running
+(min, argmin) per row. Nothing of size N x K is ever written: memory is the output ``[N]`` and the two
+norm vectors ``[N]``, ``[K]``.
+
+Imported lazily by :mod:`vqkit.search`: importing Triton is slow, and Triton's CPU interpreter
+(``TRITON_INTERPRET=1``, used by the tests) must be chosen before the first import.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# ``ieee`` is exact fp32 (FMA units). ``tf32x3`` splits each operand into two TF32 halves and runs three
+# tensor-core products: close to fp32 accuracy, several times faster on Ampere/Hopper. ``tf32`` alone
+# rounds operands to 10 mantissa bits and would change codes, so it is not offered.
+PRECISIONS = ("ieee", "tf32x3")
+
+# z tile and accumulator live in registers; past this D the kernel loops over D in chunks instead.
+MAX_SINGLE_BLOCK_D = 128
+# (BLOCK_N, BLOCK_K, num_warps) of the exact fp32 product by padded D; see kernel_config.
+IEEE_TILES = {16: (128, 128, 8), 32: (128, 128, 8), 64: (128, 64, 8)}
+
+
+@triton.jit
+def _nearest_code_kernel(
+    z_ptr,
+    zsq_ptr,
+    e_ptr,
+    esq_ptr,
+    out_ptr,
+    N,
+    K,
+    D,
+    stride_z,
+    stride_e,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ONE_D_BLOCK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_ok = rows < N
+    # 64-bit offsets: N * D can pass 2**31 for large batches.
+    row_off = rows.to(tl.int64) * stride_z
+    offs_d = tl.arange(0, BLOCK_D)
+    zsq = tl.load(zsq_ptr + rows, mask=row_ok, other=0.0)
+    if ONE_D_BLOCK:
+        # The whole z tile fits: load it once, reuse it against every codebook tile.
+        z_tile = tl.load(
+            z_ptr + row_off[:, None] + offs_d[None, :],
+            mask=row_ok[:, None] & (offs_d[None, :] < D),
+            other=0.0,
+        )
+    best = tl.full([BLOCK_N], float("inf"), tl.float32)
+    best_idx = tl.zeros([BLOCK_N], tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        codes = k0 + tl.arange(0, BLOCK_K)
+        code_ok = codes < K
+        code_off = codes.to(tl.int64) * stride_e
+        if ONE_D_BLOCK:
+            # Loaded transposed, [BLOCK_D, BLOCK_K], so the product is a plain dot.
+            e_tile = tl.load(
+                e_ptr + code_off[None, :] + offs_d[:, None],
+                mask=code_ok[None, :] & (offs_d[:, None] < D),
+                other=0.0,
+            )
+            dot = tl.dot(z_tile, e_tile, input_precision=PRECISION)
+        else:
+            dot = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + offs_d
+                z_part = tl.load(
+                    z_ptr + row_off[:, None] + dd[None, :],
+                    mask=row_ok[:, None] & (dd[None, :] < D),
+                    other=0.0,
+                )
+                e_part = tl.load(
+                    e_ptr + code_off[None, :] + dd[:, None],
+                    mask=code_ok[None, :] & (dd[:, None] < D),
+                    other=0.0,
+                )
+                dot = tl.dot(z_part, e_part, dot, input_precision=PRECISION)
+        esq = tl.load(esq_ptr + codes, mask=code_ok, other=0.0)
+        dist = (zsq[:, None] + esq[None, :]) - 2.0 * dot
+        dist = tl.where(code_ok[None, :], dist, float("inf"))
+        # Ties inside a tile go to the lowest index (as torch.argmin); across tiles the strict < keeps
+        # the earlier tile, so the first minimum wins overall.
+        tile_min, tile_arg = tl.min(dist, axis=1, return_indices=True, return_indices_tie_break_left=True)
+        better = tile_min < best
+        best = tl.where(better, tile_min, best)
+        best_idx = tl.where(better, tile_arg + k0, best_idx)
+    tl.store(out_ptr + rows, best_idx.to(tl.int64), mask=row_ok)
+
+
+def kernel_config(d: int, precision: str = "ieee") -> dict[str, int | bool]:
+    """Tile sizes for a latent width and precision.
+
+    Chosen by compiling for sm_90 (H100) without a GPU and keeping the largest tiles that ptxas fits in
+    registers without spilling and whose shared memory leaves room on an SM (``ptxas -v``); never timed on
+    a GPU (none was available when written), so ``benchmarks/quantizer_speed.py`` is the place to retune.
+    """
+    block_d = max(16, triton.next_power_of_2(d))
+    one_block = block_d <= MAX_SINGLE_BLOCK_D
+    if not one_block:
+        block_n, block_k, warps, block_d = 64, 64, 4, 32
+    elif precision == "ieee":
+        block_n, block_k, warps = IEEE_TILES.get(block_d, (64, 32, 4))
+    else:
+        block_n, block_k, warps = (128, 64, 8) if block_d <= 64 else (64, 64, 4)
+    return {
+        "BLOCK_N": block_n,
+        "BLOCK_K": block_k,
+        "BLOCK_D": block_d,
+        "ONE_D_BLOCK": one_block,
+        "num_warps": warps,
+        "num_stages": 2,
+    }
+
+
+def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str = "ieee") -> torch.Tensor:
+    """Fused search for fp32 ``z [N, D]`` and ``codebook [K, D]`` on one device; int64 ``[N]``.
+
+    Callers (:func:`vqkit.search.nearest_code`) have already cast to fp32 and disabled autograd.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    z = z.float().contiguous()
+    e = codebook.float().contiguous()
+    n, d = z.shape
+    k = e.shape[0]
+    # Norms from torch.sum, exactly as the plain formula computes them, so the sums round the same way.
+    zsq = torch.sum(z**2, dim=-1)
+    esq = torch.sum(e**2, dim=-1)
+    out = torch.empty(n, dtype=torch.int64, device=z.device)
+    if n == 0:
+        return out
+    cfg = kernel_config(d, precision)
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
+    _nearest_code_kernel[grid](
+        z,
+        zsq,
+        e,
+        esq,
+        out,
+        n,
+        k,
+        d,
+        z.stride(0),
+        e.stride(0),
+        BLOCK_N=cfg["BLOCK_N"],
+        BLOCK_K=cfg["BLOCK_K"],
+        BLOCK_D=cfg["BLOCK_D"],
+        ONE_D_BLOCK=cfg["ONE_D_BLOCK"],
+        PRECISION=precision,
+        num_warps=cfg["num_warps"],
+        num_stages=cfg["num_stages"],
+    )
+    return out
