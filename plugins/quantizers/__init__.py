@@ -1,1 +1,3 @@
-from vqkit.plugins.quantizers import vq  # noqa: F401
+"""The built-in quantizers; importing a module registers it."""
+
+from vqkit.plugins.quantizers import cosine, ema, fsq, gumbel, gvq, lfq, rvq, simvq, vq  # noqa: F401

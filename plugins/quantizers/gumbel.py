@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vqkit.codebook import code_stats
+from vqkit.contracts import Quantized, Quantizer, channels_last_flat, unflatten_channels_first
+from vqkit.registry import quantizers
+
+
+@quantizers.register("gumbel")
+class Gumbel(Quantizer):
+    """Gumbel-softmax quantizer (as in DALL-E's dVAE): a 1x1 projection gives logits over the codes; training
+    mixes codes by a Gumbel-softmax sample, inference takes the argmax code (hard).
+
+    The temperature anneals exponentially from ``tau_start`` to ``tau_end`` over ``anneal_steps`` training
+    steps; ``kl_weight`` x KL(q || uniform) keeps the code distribution spread. ``hard=true`` uses the
+    straight-through (one-hot forward) sample in training too.
+    """
+
+    def __init__(
+        self,
+        dim: int | None = None,
+        codebook_size: int | None = None,
+        tau_start: float = 1.0,
+        tau_end: float = 0.0625,
+        anneal_steps: int = 2000,
+        kl_weight: float = 5e-4,
+        hard: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dim = int(dim or 64)
+        self.codebook_size = int(codebook_size or 512)
+        if not 0 < tau_end <= tau_start:
+            raise ValueError(f"need 0 < tau_end <= tau_start, got tau_start={tau_start}, tau_end={tau_end}")
+        if anneal_steps < 1:
+            raise ValueError(f"anneal_steps must be at least 1, got {anneal_steps}")
+        self.tau_start, self.tau_end = float(tau_start), float(tau_end)
+        self.anneal_steps = int(anneal_steps)
+        self.kl_weight = float(kl_weight)
+        self.hard = bool(hard)
+        self.proj = nn.Linear(self.dim, self.codebook_size)
+        self.embedding = nn.Embedding(self.codebook_size, self.dim)
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def temperature(self) -> float:
+        """The temperature of the current training step (exponential schedule)."""
+        t = min(int(self.step) / self.anneal_steps, 1.0)
+        return self.tau_start * (self.tau_end / self.tau_start) ** t
+
+    def _logits(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            return self.proj(channels_last_flat(z).float())
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        b, _, h, w = z.shape
+        logits = self._logits(z)
+        indices = logits.detach().argmax(-1)
+        if self.training:
+            with torch.autocast(device_type=z.device.type, enabled=False):
+                tau = self.temperature()
+                soft = F.gumbel_softmax(logits, tau=tau, hard=self.hard, dim=-1)
+                flat_q = soft @ self.embedding.weight.float()
+                log_q = F.log_softmax(logits, dim=-1)
+                kl = (log_q.exp() * (log_q + math.log(self.codebook_size))).sum(-1).mean()
+            self.step += 1
+            loss = self.kl_weight * kl
+            stats = {"temperature": torch.tensor(tau)}
+        else:
+            flat_q = self.embedding(indices)
+            loss = logits.new_zeros(())
+            stats = {}
+        z_q = unflatten_channels_first(flat_q, b, h, w).to(z.dtype)
+        indices = indices.reshape(b, h, w)
+        return Quantized(z_q, indices, loss, {**code_stats(indices, self.codebook_size), **stats})
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = z.shape
+        return self._logits(z).argmax(-1).reshape(b, h, w)
+
+    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
+        b, h, w = indices.shape
+        return unflatten_channels_first(self.embedding(indices.reshape(-1)), b, h, w)

@@ -1,0 +1,104 @@
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from vqkit.codebook import code_stats
+from vqkit.contracts import Quantized, Quantizer, channels_last_flat, unflatten_channels_first
+from vqkit.registry import quantizers
+
+# Up to this many codes the entropy terms use the exact distribution over codes ([N, K] probabilities);
+# above it, a per-bit factorisation (exact per-sample entropy, an upper bound for the codebook entropy).
+EXACT_ENTROPY_MAX_CODES = 4096
+
+
+def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    return -(p * torch.log(p.clamp_min(1e-10))).sum(dim)
+
+
+@quantizers.register("lfq")
+class LFQ(Quantizer):
+    """Lookup-free quantization (MAGVIT-v2, Yu et al., 2023): each latent channel becomes one bit (sign),
+    so ``codebook_size = 2**dim`` and a code is the integer those bits spell (channel i is bit i).
+
+    Loss: ``commitment`` x ||z - sign(z)||^2 + ``entropy_weight`` x (mean per-latent entropy - ``diversity``
+    x entropy of the batch's mean code distribution), with code probabilities softmax(-||z - c||^2 /
+    ``temperature``): confident per latent, spread over the codebook in the batch. Default 9 bits = 512 codes.
+    """
+
+    def __init__(
+        self,
+        dim: int | None = None,
+        codebook_size: int | None = None,
+        commitment: float = 0.25,
+        entropy_weight: float = 0.1,
+        diversity: float = 1.0,
+        temperature: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if codebook_size is not None:
+            k = int(codebook_size)
+            bits = int(round(math.log2(k))) if k > 1 else 0
+            if k < 2 or 2**bits != k:
+                raise ValueError(f"lfq needs a codebook size that is a power of two (2**dim), got {k}")
+            if dim is not None and int(dim) != bits:
+                raise ValueError(
+                    f"lfq's codebook size is 2**dim: dim {dim} gives {2 ** int(dim)} codes, not {k}; "
+                    f"set only one of them"
+                )
+            dim = bits
+        self.dim = int(dim or 9)
+        if not 1 <= self.dim <= 62:
+            raise ValueError(f"lfq needs 1 <= dim <= 62 bits, got {self.dim}")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.codebook_size = 2**self.dim
+        self.commitment = float(commitment)
+        self.entropy_weight = float(entropy_weight)
+        self.diversity = float(diversity)
+        self.temperature = float(temperature)
+        self.register_buffer("_basis", 2 ** torch.arange(self.dim, dtype=torch.int64), persistent=False)
+
+    def _indices(self, flat: torch.Tensor) -> torch.Tensor:
+        return ((flat > 0).long() * self._basis).sum(-1)
+
+    def _entropy_loss(self, flat: torch.Tensor) -> torch.Tensor:
+        if self.codebook_size <= EXACT_ENTROPY_MAX_CODES:
+            # -||z - c||^2 = 2 z.c + const over the +-1 codes c.
+            signs = (
+                (torch.arange(self.codebook_size, device=flat.device).unsqueeze(1) // self._basis) % 2
+            ) * 2 - 1
+            probs = torch.softmax(2 * flat @ signs.float().t() / self.temperature, dim=-1)
+            per_latent = _entropy(probs).mean()
+            codebook = _entropy(probs.mean(0))
+        else:
+            # Per bit: p(bit=1) = sigmoid(4 z / T), from (z+1)^2 - (z-1)^2 = 4z.
+            p1 = torch.sigmoid(4 * flat / self.temperature)
+            bits = torch.stack([p1, 1 - p1], dim=-1)
+            per_latent = _entropy(bits).sum(-1).mean()
+            codebook = _entropy(bits.mean(0)).sum()
+        return per_latent - self.diversity * codebook
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        b, _, h, w = z.shape
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            flat = channels_last_flat(z).float()
+            signs = torch.where(flat > 0, 1.0, -1.0)
+            loss = self.commitment * F.mse_loss(flat, signs)
+            if self.training and self.entropy_weight:
+                loss = loss + self.entropy_weight * self._entropy_loss(flat)
+            flat_q = flat + (signs - flat).detach()
+            indices = self._indices(flat).reshape(b, h, w)
+        z_q = unflatten_channels_first(flat_q, b, h, w).to(z.dtype)
+        return Quantized(z_q, indices, loss, code_stats(indices, self.codebook_size))
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = z.shape
+        return self._indices(channels_last_flat(z).float()).reshape(b, h, w)
+
+    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
+        b, h, w = indices.shape
+        bits = torch.remainder(torch.div(indices.reshape(-1, 1), self._basis, rounding_mode="floor"), 2)
+        return unflatten_channels_first(bits.float() * 2 - 1, b, h, w)
