@@ -169,3 +169,13 @@ def test_cli_interpolate_a_bad_image_is_one_line(tmp_path: Path) -> None:
     code, text = run("interpolate", str(tiny_model_file()), str(tmp_path / "a.png"), str(tmp_path / "bad.png"),
                      "-o", str(tmp_path / "l.png"))  # fmt: skip
     assert code == 1 and "cannot read image" in text
+
+
+def test_the_generation_commands_load_without_torch() -> None:
+    """`vqkit encode/decode` must start torch-free, so the generation commands import torch only when run."""
+    import subprocess
+    import sys
+
+    code = "import sys, vqkit.cli.generate; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -42,8 +42,8 @@ class PriorSpec:
     grid: tuple[int, int] = (4, 4)
     num_codebooks: int = 1
     codebook_size: int = 512
-    width: int = 128
-    layers: int = 4
+    width: int = 96
+    layers: int = 3
     heads: int = 4
     dropout: float = 0.1
     # sha256 (16 hex digits) of the VQ-VAE's weights: its codes are what this prior learnt.

@@ -32,14 +32,14 @@ CHECKPOINT_FORMAT = "vqkit.prior-checkpoint"
 @dataclass
 class PriorTrainConfig:
     data: str = "mnist5k"
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup: int = 100
     eval_every: int = 250
-    width: int = 128
-    layers: int = 4
+    width: int = 96
+    layers: int = 3
     heads: int = 4
     dropout: float = 0.1
     seed: int = 0

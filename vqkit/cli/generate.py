@@ -21,7 +21,7 @@ def prior_group() -> None:
     "--data", default="mnist5k", show_default=True, help="mnist5k, a folder of images, or a dataset name."
 )
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the prior run.")
-@click.option("--steps", type=click.IntRange(min=1), default=3000, show_default=True)
+@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
 @click.option(
@@ -31,10 +31,8 @@ def prior_group() -> None:
     show_default=True,
     help="Steps between held-out evaluations and checkpoints.",
 )
-@click.option(
-    "--width", type=click.IntRange(min=1), default=128, show_default=True, help="Transformer width."
-)
-@click.option("--layers", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--width", type=click.IntRange(min=1), default=96, show_default=True, help="Transformer width.")
+@click.option("--layers", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
