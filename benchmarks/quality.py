@@ -1,0 +1,161 @@
+"""Quantizer quality: every built-in quantizer trained the same way, side by side.
+
+Same encoder/decoder (conv3), data (built-in mnist5k, 1 channel, 32x32), budget (steps, batch, Adam lr) and
+seed for every row; held-out metrics (the 500 test images) through the inference path (encode -> decode)
+by ``vqkit.evaluate``. The first row is the seed configuration (vq, uniform init, no restarts).
+
+The loop is a plain Adam loop at a constant lr over ``VQVAE.forward(x).loss`` (reconstruction MSE + the
+quantizer's loss), the issue's protocol, so only the quantizer differs between rows. It deliberately does
+not use ``vqkit.training.train``: that recipe adds a learning-rate warm-up and schedule, which by itself
+changes whether the decoder survives the first steps. Every run is shown, collapsed or not.
+
+    python benchmarks/quality.py                      # the full table (2000 steps, batch 128, lr 1e-3)
+    python benchmarks/quality.py --steps 300 --only vq-seed,ema --write /tmp/q.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any
+
+import torch
+
+import vqkit
+from vqkit.data import load_mnist5k
+from vqkit.evaluate import evaluate
+
+# (row label, quantizer, options). Codebook size 512 where the quantizer takes one; fsq 8,8,8 = 512 codes.
+CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("vq-seed", "vq", {"init": "uniform", "restart_after": 0}),
+    ("lfq", "lfq", {}),
+    ("vq-kmeans-restart", "vq", {"init": "kmeans", "restart_after": 50}),
+    ("ema", "ema", {}),
+    ("vq-rotation", "vq", {"init": "kmeans", "restart_after": 50, "estimator": "rotation"}),
+    ("cosine", "cosine", {}),
+    ("simvq", "simvq", {}),
+    ("fsq-888", "fsq", {"levels": [8, 8, 8]}),
+    ("rvq-4", "rvq", {}),
+    ("gvq-2", "gvq", {}),
+    ("gumbel", "gumbel", {}),
+    ("vq-kmeans", "vq", {"init": "kmeans", "restart_after": 0}),
+    ("vq-normal", "vq", {}),
+    ("ema-norestart", "ema", {"restart_after": 0}),
+]
+
+
+def _float_images(split: str) -> torch.Tensor:
+    images, _ = load_mnist5k(split)
+    return torch.from_numpy(images).float().div(127.5).sub(1.0)
+
+
+def run(
+    label: str,
+    quantizer: str,
+    options: dict[str, Any],
+    *,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    train: torch.Tensor,
+    test: torch.Tensor,
+) -> dict[str, Any]:
+    model = vqkit.build_model(
+        "conv3", quantizer, channels=1, image_size=32, quantizer_options=options, seed=seed
+    )
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)  # the quantizer's own draws (k-means seeds, restarts, gumbel noise)
+    model.train()
+    start = time.perf_counter()
+    for _ in range(steps):
+        x = train[torch.randint(0, len(train), (batch,), generator=gen)]
+        loss = model(x).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - start
+    metrics = evaluate(model, test)
+    shown = ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
+    return {"label": label, "quantizer": quantizer, "options": shown, "train_s": seconds, **metrics}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    seed_mse = next((r["mse"] for r in rows if r["label"] == "vq-seed"), None)
+    out = [
+        "| run | quantizer | options | held-out MSE | x seed | PSNR dB | codes used / size | usage | perplexity "
+        "| bits/image | train s |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = f"{r['mse'] / seed_mse:.2f}" if seed_mse else "-"
+        used = r["codes_used"]
+        used_s = f"{used:.0f}" if float(used).is_integer() else f"{used:.1f}"
+        out.append(
+            f"| {r['label']} | {r['quantizer']} | {r['options']} | {r['mse']:.4f} | {ratio} | {r['psnr']:.2f} "
+            f"| {used_s} / {r['codebook_size']} | {100 * r['usage']:.0f}% | {r['perplexity']:.1f} "
+            f"| {r['bits_per_image']:g} | {r['train_s']:.0f} |"
+        )
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--only", default="", help="comma-separated run labels (default: all)")
+    ap.add_argument("--write", default="", help="also write the markdown table (and the setup) to this file")
+    ap.add_argument("--json", default="", help="also write the raw rows as JSON lines to this file")
+    ap.add_argument("--from-json", default="", help="only re-render the table of rows saved by --json")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wanted = {s for s in args.only.split(",") if s}
+    unknown = wanted - {c[0] for c in CONFIGS}
+    if unknown:
+        ap.error(f"unknown run(s) {', '.join(sorted(unknown))}; known: {', '.join(c[0] for c in CONFIGS)}")
+    rows = []
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    train, test = (None, None) if args.from_json else (_float_images("train"), _float_images("test"))
+    for label, name, opts in CONFIGS:
+        if args.from_json or (wanted and label not in wanted):
+            continue
+        row = run(
+            label,
+            name,
+            opts,
+            steps=args.steps,
+            batch=args.batch,
+            lr=args.lr,
+            seed=args.seed,
+            train=train,
+            test=test,
+        )
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    setup = (
+        f"conv3 encoder/decoder, mnist5k (4500 train / 500 held-out, 1x32x32), {args.steps} steps, "
+        f"batch {args.batch}, Adam lr {args.lr:g}, seed {args.seed}, device cpu, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    text = f"{setup}\n\n{table(rows)}\n"
+    print(text)
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
