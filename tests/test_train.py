@@ -161,3 +161,15 @@ def test_user_mistakes_are_one_clear_line(tmp_path: Path) -> None:
     assert code == 1 and "--resume needs --model" in text
     code, text = _run(["train", "--data", str(tmp_path / "nothing-here"), *FAST])
     assert code == 1 and "no data source" in text
+
+
+def test_default_options_carry_over_only_to_the_default_component() -> None:
+    from vqkit.training import DEFAULTS
+    from vqkit.training.setup import model_kwargs
+
+    default_q = DEFAULTS["model"]["quantizer"]
+    kept = model_kwargs({"quantizer_options": {"beta": 0.5}})
+    assert kept["quantizer"] == default_q
+    assert kept["quantizer_options"] == {**DEFAULTS["model"]["quantizer_options"], "beta": 0.5}
+    other = next(name for name in vqkit.quantizers.names() if name != default_q)
+    assert model_kwargs({"quantizer": other})["quantizer_options"] == {}

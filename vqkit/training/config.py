@@ -19,7 +19,10 @@ DEFAULTS: dict[str, Any] = {
         "latent_dim": None,  # the quantizer's default
         "codebook_size": None,
         "encoder_options": {},
-        "quantizer_options": {},
+        # vq's own defaults are the seed's plain quantizer, which collapses to a few codes in training; k-means
+        # init and dead-code restarts keep the codebook in use (the quantizer family's recommendation may
+        # replace this whole entry).
+        "quantizer_options": {"init": "kmeans", "restart_after": 50},
         "decoder_options": {},
     },
     "data": "mnist5k",

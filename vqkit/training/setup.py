@@ -89,6 +89,21 @@ def load_training_images(
     return train, held[: config.eval_images], split
 
 
+def model_kwargs(requested: dict[str, Any]) -> dict[str, Any]:
+    """``build_model`` arguments: the default model, with what was asked for on top. A part's default options
+    carry over only while that part keeps its default component (``--set quantizer.beta=0.5`` adds to the
+    default quantizer's options; ``--quantizer ema`` starts from ema's own defaults)."""
+    kwargs = default_model()
+    given = {k: v for k, v in requested.items() if v is not None}
+    for part in PARTS:
+        key = f"{part}_options"
+        if given.get(part, kwargs[part]) != kwargs[part]:
+            kwargs[key] = {}
+        kwargs[key] = {**kwargs[key], **given.pop(key, {})}
+    return {**kwargs, **given}
+
+
 def new_model(config: TrainConfig, channels: int, image_size: int) -> VQVAE:
-    kwargs = {**default_model(), **{k: v for k, v in config.model.items() if v is not None}}
-    return build_model(**kwargs, channels=channels, image_size=image_size, seed=config.seed)
+    return build_model(
+        **model_kwargs(config.model), channels=channels, image_size=image_size, seed=config.seed
+    )
