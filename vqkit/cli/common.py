@@ -10,15 +10,34 @@ import click
 from vqkit.options import parse_sets
 
 
+def _part_help(kind: str, name: str, options: dict[str, Any] | None) -> str:
+    shown = ", ".join(f"{k}={v}" for k, v in (options or {}).items())
+    return f"Registered {kind} name [default: {name}{f' with {shown}' if shown else ''}]."
+
+
 def model_options(
-    channels_default: int | None = 3, image_size_default: int | None = 32
+    channels_default: int | None = 3,
+    image_size_default: int | None = 32,
+    model_defaults: dict[str, Any] | None = None,
 ) -> Callable[..., Any]:
-    """Decorator adding --encoder/--quantizer/--decoder/--channels/--image-size/--latent-dim/--codebook-size/--set."""
+    """Decorator adding --encoder/--quantizer/--decoder/--channels/--image-size/--latent-dim/--codebook-size/--set.
+
+    ``model_defaults`` (``vqkit train``: ``DEFAULTS["model"]``) names the default components and the options
+    they come with, so the help says what a run with no model options builds."""
+    d = model_defaults or {"encoder": "conv3", "quantizer": "vq"}
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         opts = [
-            click.option("--encoder", default="conv3", show_default=True, help="Registered encoder name."),
-            click.option("--quantizer", default="vq", show_default=True, help="Registered quantizer name."),
+            click.option(
+                "--encoder",
+                default=d["encoder"],
+                help=_part_help("encoder", d["encoder"], d.get("encoder_options")),
+            ),
+            click.option(
+                "--quantizer",
+                default=d["quantizer"],
+                help=_part_help("quantizer", d["quantizer"], d.get("quantizer_options")),
+            ),
             click.option(
                 "--decoder", default=None, help="Registered decoder name [default: the encoder's mirror]."
             ),

@@ -21,10 +21,28 @@ class VQKitGroup(click.Group):
             raise click.ClickException(str(exc)) from None
 
 
-def _plugin_warning(
-    message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None
-) -> None:
-    click.echo(f"Warning: {message}", err=True)
+def _one_line_warnings() -> None:
+    """Show vqkit's own warnings (plugins, data, prior) as one ``Warning: ...`` line on stderr.
+
+    Installed once per process and idempotent; other libraries' warnings keep Python's usual format.
+    """
+    from vqkit.discovery import PluginWarning
+
+    warnings.simplefilter("always", PluginWarning)
+    if getattr(warnings.showwarning, "_vqkit", False):
+        return
+    original = warnings.showwarning
+
+    def show(
+        message: Any, category: Any, filename: Any, lineno: Any, file: Any = None, line: Any = None
+    ) -> None:
+        if getattr(category, "__module__", "").startswith("vqkit."):
+            click.echo(f"Warning: {message}", err=True)
+        else:
+            original(message, category, filename, lineno, file, line)
+
+    show._vqkit = True  # type: ignore[attr-defined]
+    warnings.showwarning = show
 
 
 @click.group(
@@ -40,10 +58,9 @@ def _plugin_warning(
 )
 def cli(plugins: tuple[str, ...]) -> None:
     """vqkit: build, train, evaluate and export vector-quantized autoencoders (VQ-VAE)."""
-    from vqkit.discovery import PluginWarning, request
+    from vqkit.discovery import request
 
-    warnings.simplefilter("always", PluginWarning)
-    warnings.showwarning = _plugin_warning
+    _one_line_warnings()
     # Plugins load when a command first needs the registries (build_model, load, `vqkit plugins`).
     request(plugins)
 
@@ -59,15 +76,15 @@ def _add_commands() -> None:
 
     cli.add_command(build)
     cli.add_command(plugins_command)
+    cli.add_command(train)
+    cli.add_command(eval_command)
+    cli.add_command(reconstruct)
     cli.add_command(prior_group)
     cli.add_command(sample)
     cli.add_command(interpolate)
     cli.add_command(export_command)
     cli.add_command(encode_command)
     cli.add_command(decode_command)
-    cli.add_command(train)
-    cli.add_command(eval_command)
-    cli.add_command(reconstruct)
 
 
 _add_commands()

@@ -47,7 +47,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 
 
 @click.command()
-@model_options(channels_default=None, image_size_default=None)
+@model_options(channels_default=None, image_size_default=None, model_defaults=DEFAULTS["model"])
 @click.option(
     "--data",
     default=DEFAULTS["data"],
