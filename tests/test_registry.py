@@ -13,6 +13,18 @@ def test_builtins_are_registered_with_their_origin() -> None:
     assert vqkit.quantizers.entry("vq").origin == "built-in"
 
 
+def test_exporter_registry_is_not_shadowed_by_the_exporters_package() -> None:
+    import vqkit.exporters
+
+    import vqkit.registry
+
+    vqkit.load_plugins()
+    assert isinstance(vqkit.registry.exporters, Registry) and "onnx" in vqkit.registry.exporters
+    assert (
+        vqkit.exporters.__name__ == "vqkit.exporters"
+    )  # the built-in exporters' package, as DESIGN.md lays out
+
+
 def test_register_lookup_listing() -> None:
     reg = Registry("widget", positional=("dim",))
 

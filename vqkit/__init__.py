@@ -1,6 +1,9 @@
 """vqkit: vector-quantized autoencoders and the discrete image tokens they produce.
 
 Attributes load lazily, so ``import vqkit.runtime`` (numpy + onnxruntime only) never imports torch.
+
+The exporter registry is ``vqkit.registry.exporters``: ``vqkit.exporters`` is the package of built-in exporters
+(DESIGN.md's layout), and a lazy attribute of the same name would be replaced by that package once imported.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ _LAZY = {
     "Registry": "vqkit.registry",
     "decoders": "vqkit.registry",
     "encoders": "vqkit.registry",
-    "exporters": "vqkit.registry",
     "quantizers": "vqkit.registry",
 }
 
