@@ -10,6 +10,8 @@ through :mod:`vqkit.distributed`: sums are all-reduced, random choices are made 
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,6 +134,12 @@ class CodebookUpkeep(nn.Module):
     quantizer runs :func:`kmeans` once while ``initialised`` is false, re-seeds :meth:`dead_codes` with
     :meth:`replacements` before its search, and calls :meth:`record` after it. Usage counts are
     all-reduced and replacements broadcast from rank 0, so every rank agrees.
+
+    The decisions "run k-means now?" and "look for dead codes now?" are taken on the host from Python
+    mirrors of ``initialised`` and ``step`` (read from the buffers once after construction or loading), so
+    a training step does not wait on the GPU. Dead codes are looked for every ``check_every`` steps
+    (``restart_after // 8``, at least 1): a code is re-seeded after ``restart_after`` to
+    ``restart_after + check_every - 1`` unused steps.
     """
 
     def __init__(
@@ -151,6 +159,33 @@ class CodebookUpkeep(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self.register_buffer("last_used", torch.zeros(codebook_size, dtype=torch.int64))
         self.register_buffer("restarts", torch.zeros((), dtype=torch.int64))
+        self.check_every = max(1, self.restart_after // 8)
+        self._host: tuple[bool, int] | None = None  # (initialised, step), mirrored on the host
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host = None  # re-read the loaded buffers once
+
+    def _mirror(self) -> tuple[bool, int]:
+        if self._host is None:
+            self._host = (bool(self.initialised), int(self.step))  # one sync after construction or loading
+        return self._host
+
+    def needs_init(self) -> bool:
+        """Whether k-means has yet to run (a host-side read: no device sync after the first call)."""
+        return not self._mirror()[0]
+
+    @torch.no_grad()
+    def mark_initialised(self) -> None:
+        self.initialised.fill_(True)
+        self._host = (True, self._mirror()[1])
+
+    def restart_check_due(self) -> bool:
+        """Whether this training step should look for dead codes (host-side; every rank decides alike)."""
+        if self.restart_after == 0:
+            return False
+        step = self._mirror()[1]
+        return step >= self.restart_after and step % self.check_every == 0
 
     @torch.no_grad()
     def dead_codes(self) -> torch.Tensor:
@@ -163,7 +198,9 @@ class CodebookUpkeep(nn.Module):
     def record(self, indices: torch.Tensor) -> torch.Tensor:
         """Count one training step's codes over all ranks, mark them used; returns the reduced counts."""
         counts = all_reduce_sum_(code_counts(indices, self.codebook_size))
+        initialised, step = self._mirror()
         self.step += 1
+        self._host = (initialised, step + 1)
         self.last_used[counts > 0] = self.step
         return counts
 

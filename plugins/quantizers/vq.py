@@ -86,11 +86,13 @@ class VQ(Quantizer):
         """k-means on the first batch, then re-seed dead codes from this batch (before the search, so they
         compete at once and no tensor saved for backward is modified)."""
         up = self.upkeep
-        if not bool(up.initialised):
+        if up.needs_init():
             self._set_rows(None, self._seed_rows(kmeans(flat, self.codebook_size, up.kmeans_iters)))
-            up.initialised.fill_(True)
+            up.mark_initialised()
+        if not up.restart_check_due():
+            return
         dead = up.dead_codes()
-        if bool(dead.any()):
+        if bool(dead.any()):  # a device sync, but only every check_every steps
             codebook = self.codebook().detach().float()
             error = ((flat.float() - codebook[nearest_code(flat, codebook)]) ** 2).sum(-1)
             self._set_rows(dead, self._seed_rows(up.replacements(flat, dead, error)))
