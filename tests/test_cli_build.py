@@ -5,18 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_run import run
 
 import vqkit
-from vqkit.cli.main import cli
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert "Traceback" not in result.output
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_build_prints_summary_and_writes_loadable_model(tmp_path: Path) -> None:

@@ -12,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from cli_run import run
 
 import vqkit
 from vqkit import discovery
-from vqkit.cli.main import cli
 from vqkit.discovery import PluginWarning
 from vqkit.errors import ModelFileError, UnknownComponentError, VQKitError
 
@@ -64,14 +63,6 @@ def fake_distribution(
     for module, source in modules.items():
         (root / f"{module}.py").write_text(textwrap.dedent(source))
     monkeypatch.syspath_prepend(str(root))
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert "Traceback" not in result.output
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_entry_point_module_registers_with_its_distribution(

@@ -7,13 +7,12 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_run import run
 from torch import nn
 from vqkit.exporters.onnx import OnnxExporter
 from vqkit.exporters.subpixel import rewrite_conv_transpose
 
 import vqkit
-from vqkit.cli.main import cli
 from vqkit.data import load_mnist5k
 from vqkit.export import ExportError, check_parity, export
 from vqkit.images import write_images
@@ -22,14 +21,6 @@ from vqkit.runtime import Tokenizer
 
 vqkit.load_plugins()  # parametrize over every registered quantizer, including ones added after this file
 SMALL = {"encoder_options": {"widths": [8, 16, 32]}, "decoder_options": {"widths": [32, 16, 8]}}
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert "Traceback" not in result.output
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def _digits(n: int, channels: int = 3) -> np.ndarray:

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_run import run
 from generation_fixture import (
     held_out_images,
     one_thread,  # noqa: F401  (autouse: one thread for these tiny models)
@@ -14,7 +14,6 @@ from generation_fixture import (
 )
 from PIL import Image
 
-from vqkit.cli.main import cli
 from vqkit.errors import OptionError, ShapeError
 from vqkit.generate import interpolate, sample_codes, sample_images, uniform_codes
 from vqkit.images import to_uint8, write_image
@@ -76,7 +75,9 @@ def test_interpolation_ends_reconstruct_the_inputs() -> None:
     steps = interpolate(model, x[0], x[1], steps=7)
     assert steps.shape == (7, 1, 32, 32)
     recon = model.decode(model.encode(x))
-    assert torch.equal(steps[0], recon[0]) and torch.equal(steps[-1], recon[1])
+    # Equal up to float rounding: the strip is decoded as one batch of 7 and the convolutions may take another
+    # path than for a batch of 2.
+    assert torch.allclose(steps[0], recon[0], atol=1e-5) and torch.allclose(steps[-1], recon[1], atol=1e-5)
     assert not torch.equal(steps[0], steps[-1])
     # On the way the codes change: some middle step differs from both ends.
     assert any(not torch.equal(s, steps[0]) and not torch.equal(s, steps[-1]) for s in steps[1:-1])
@@ -84,14 +85,6 @@ def test_interpolation_ends_reconstruct_the_inputs() -> None:
         interpolate(model, x[0], x[1], steps=1)
     with pytest.raises(ShapeError, match=r"expected images \[B, 1, H, W\]"):
         interpolate(model, torch.zeros(3, 32, 32), x[1])
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert "Traceback" not in result.output
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_cli_sample_and_interpolate_write_pngs(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_run import run
 from generation_fixture import (
     one_thread,  # noqa: F401  (autouse: one thread for these tiny models)
     tiny_model,
@@ -14,7 +14,6 @@ from generation_fixture import (
 from safetensors.torch import load_file
 
 import vqkit
-from vqkit.cli.main import cli
 from vqkit.errors import ModelFileError, OptionError, ShapeError
 from vqkit.prior import CodePrior, PriorSpec, PriorWarning, check_prior_fits, load_prior, save_prior
 from vqkit.prior_training import PriorTrainConfig, encode_images, train_prior
@@ -152,14 +151,6 @@ def test_prior_file_round_trip_and_mistakes(tmp_path: Path) -> None:
     )
     with pytest.warns(PriorWarning, match="another model"):
         check_prior_fits(stale, model)
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert "Traceback" not in result.output
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_cli_prior_train_reports_bits_and_refuses_to_overwrite(tmp_path: Path) -> None:

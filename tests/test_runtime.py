@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
+from cli_run import run
 
 import vqkit
-from vqkit.cli.main import cli
 from vqkit.data import load_mnist5k
 from vqkit.errors import VQKitError
 from vqkit.export import export
@@ -183,14 +182,6 @@ def test_runtime_and_encode_decode_commands_never_import_torch(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "TORCH MODULES: []" in proc.stdout
     assert len(list((tmp_path / "decoded").glob("*.png"))) == 3
-
-
-def run(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(cli, list(args))
-    assert "Traceback" not in result.output
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    return result.exit_code, result.output
 
 
 def test_cli_encode_then_decode(exported: tuple[vqkit.VQVAE, Path], tmp_path: Path) -> None:
