@@ -110,7 +110,15 @@ def seed_loop(images: torch.Tensor, batch: int, warmup: int, steps: int, device:
     return steps * batch / (time.perf_counter() - start)
 
 
-def vqkit_loop(batch: int, warmup: int, steps: int, device: str, precision: str, compile: bool) -> float:
+def vqkit_loop(
+    batch: int,
+    warmup: int,
+    steps: int,
+    device: str,
+    precision: str,
+    compile: bool,
+    channels_last: bool | None = None,
+) -> float:
     vqkit.load_plugins()
     seed_options = {"init": "uniform"}
     if any(o.name == "restart_after" for o in quantizers.entry("vq").options):
@@ -130,6 +138,7 @@ def vqkit_loop(batch: int, warmup: int, steps: int, device: str, precision: str,
             device=device,
             precision=precision,
             compile=compile,
+            channels_last=channels_last,
             out=out,
             progress=False,
         )
@@ -155,19 +164,22 @@ def main() -> None:
     warmup = args.warmup or (25 if device.type == "cuda" else 5)
     images = torch.from_numpy(load_images("mnist5k", channels=3)).float().div(127.5).sub(1.0)
 
-    variants = [("vqkit fp32", "fp32", False)]
+    # (label, precision, compile, channels_last: None = vqkit's choice for the device)
+    variants = [("vqkit fp32", "fp32", False, None)]
     if device.type == "cuda":
-        variants += [("vqkit bf16", "bf16", False), ("vqkit bf16 + compile", "bf16", True)]
-    elif args.compile:
-        variants += [("vqkit fp32 + compile", "fp32", True)]
+        variants += [("vqkit bf16", "bf16", False, None), ("vqkit bf16 + compile", "bf16", True, None)]
+    else:
+        variants += [("vqkit fp32 contiguous", "fp32", False, False)]  # without channels-last
+        if args.compile:
+            variants += [("vqkit fp32 + compile", "fp32", True, None)]
     rows = []
     for batch in (int(b) for b in args.batches.split(",")):
         n = max(1, min(steps, 40 * 128 // batch)) if device.type == "cpu" else steps
         best: dict[str, float] = {}
         for _ in range(args.repeats):
             best["seed"] = max(best.get("seed", 0.0), seed_loop(images, batch, warmup, n, device))
-            for label, precision, comp in variants:
-                speed = vqkit_loop(batch, warmup, n, args.device, precision, comp)
+            for label, precision, comp, cl in variants:
+                speed = vqkit_loop(batch, warmup, n, args.device, precision, comp, cl)
                 best[label] = max(best.get(label, 0.0), speed)
         for label, speed in best.items():
             rows.append((batch, label, speed, speed / best["seed"]))

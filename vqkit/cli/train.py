@@ -179,7 +179,7 @@ def _given(ctx: click.Context, name: str) -> bool:
 @click.option(
     "--channels-last/--no-channels-last",
     default=None,
-    help="Channels-last memory format [default: on for CUDA].",
+    help="Channels-last memory format [default: on for CUDA and CPU].",
 )
 @click.option(
     "--seed",
