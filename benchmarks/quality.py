@@ -4,12 +4,18 @@ Same encoder/decoder (conv3), data (built-in mnist5k, 1 channel, 32x32), budget 
 seed for every row; held-out metrics (the 500 test images) through the inference path (encode -> decode)
 by ``vqkit.evaluate``. The first row is the seed configuration (vq, uniform init, no restarts).
 
-The loop is a plain Adam loop at a constant lr over ``VQVAE.forward(x).loss`` (reconstruction MSE + the
-quantizer's loss), the issue's protocol, so only the quantizer differs between rows. It deliberately does
-not use ``vqkit.training.train``: that recipe adds a learning-rate warm-up and schedule, which by itself
-changes whether the decoder survives the first steps. Every run is shown, collapsed or not.
+Two recipes, one per run of the script, so only the quantizer differs between rows:
+
+- ``--recipe plain`` (default): a plain Adam loop at a constant lr over ``VQVAE.forward(x).loss``
+  (reconstruction MSE + the quantizer's loss), the quantizer issue's protocol (2000 steps, lr 1e-3).
+- ``--recipe vqkit``: ``vqkit.training.train``, what ``vqkit train`` runs: its default steps, lr, warm-up and
+  cosine schedule (``vqkit.training.DEFAULTS``) unless ``--steps``/``--lr`` are given. The warm-up by itself
+  decides whether the decoder survives the first steps, so this is the table the default model is chosen on.
+
+Every run is shown, collapsed or not.
 
     python benchmarks/quality.py                      # the full table (2000 steps, batch 128, lr 1e-3)
+    python benchmarks/quality.py --recipe vqkit       # the same rows under vqkit train's recipe
     python benchmarks/quality.py --steps 300 --only vq-seed,ema --write /tmp/q.md
 """
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -26,6 +33,7 @@ import torch
 import vqkit
 from vqkit.data import load_mnist5k
 from vqkit.evaluate import evaluate
+from vqkit.training import DEFAULTS, TrainConfig
 
 # (row label, quantizer, options). Codebook size 512 where the quantizer takes one; fsq 8,8,8 = 512 codes.
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -41,7 +49,7 @@ CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("gvq-2", "gvq", {}),
     ("gumbel", "gumbel", {}),
     ("vq-kmeans", "vq", {"init": "kmeans", "restart_after": 0}),
-    ("vq-normal", "vq", {}),
+    ("vq-normal", "vq", {"init": "normal", "restart_after": 0}),  # vq's own defaults, spelled out
     ("ema-norestart", "ema", {"restart_after": 0}),
 ]
 
@@ -51,8 +59,7 @@ def _float_images(split: str) -> torch.Tensor:
     return torch.from_numpy(images).float().div(127.5).sub(1.0)
 
 
-def run(
-    label: str,
+def train_plain(
     quantizer: str,
     options: dict[str, Any],
     *,
@@ -61,8 +68,8 @@ def run(
     lr: float,
     seed: int,
     train: torch.Tensor,
-    test: torch.Tensor,
-) -> dict[str, Any]:
+) -> tuple[vqkit.VQVAE, float]:
+    """The issue's protocol: Adam at a constant lr over ``VQVAE.forward(x).loss``. -> (model, train seconds)"""
     model = vqkit.build_model(
         "conv3", quantizer, channels=1, image_size=32, quantizer_options=options, seed=seed
     )
@@ -77,10 +84,30 @@ def run(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    seconds = time.perf_counter() - start
-    metrics = evaluate(model, test)
-    shown = ",".join(f"{k}={v}" for k, v in options.items()) or "defaults"
-    return {"label": label, "quantizer": quantizer, "options": shown, "train_s": seconds, **metrics}
+    return model, time.perf_counter() - start
+
+
+def train_vqkit(
+    quantizer: str, options: dict[str, Any], *, steps: int, batch: int, lr: float, seed: int
+) -> tuple[vqkit.VQVAE, float]:
+    """``vqkit.training.train``, what ``vqkit train`` runs (warm-up + cosine schedule). -> (model, seconds)"""
+    model_args = {"encoder": "conv3", "quantizer": quantizer, "quantizer_options": options}
+    with tempfile.TemporaryDirectory() as out:
+        config = TrainConfig(
+            model=model_args,
+            data="mnist5k",
+            out=out,
+            steps=steps,
+            batch_size=batch,
+            lr=lr,
+            seed=seed,
+            device="cpu",
+            eval_every=0,
+            checkpoint_every=0,
+            progress=False,
+        )
+        result = vqkit.training.train(config)
+        return vqkit.load(result.model_path), result.seconds
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -104,9 +131,10 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--recipe", choices=("plain", "vqkit"), default="plain")
+    ap.add_argument("--steps", type=int, default=None, help="default: 2000 (plain), vqkit train's (vqkit)")
     ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--lr", type=float, default=None, help="default: 1e-3 (plain), vqkit train's (vqkit)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--only", default="", help="comma-separated run labels (default: all)")
@@ -114,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default="", help="also write the raw rows as JSON lines to this file")
     ap.add_argument("--from-json", default="", help="only re-render the table of rows saved by --json")
     args = ap.parse_args(argv)
+    vq_recipe = args.recipe == "vqkit"
+    if args.steps is None:
+        args.steps = DEFAULTS["steps"] if vq_recipe else 2000
+    if args.lr is None:
+        args.lr = DEFAULTS["lr"] if vq_recipe else 1e-3
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = {s for s in args.only.split(",") if s}
@@ -128,17 +161,19 @@ def main(argv: list[str] | None = None) -> int:
     for label, name, opts in CONFIGS:
         if args.from_json or (wanted and label not in wanted):
             continue
-        row = run(
-            label,
-            name,
-            opts,
-            steps=args.steps,
-            batch=args.batch,
-            lr=args.lr,
-            seed=args.seed,
-            train=train,
-            test=test,
-        )
+        budget = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed}
+        if vq_recipe:
+            model, seconds = train_vqkit(name, opts, **budget)
+        else:
+            model, seconds = train_plain(name, opts, train=train, **budget)
+        shown = ",".join(f"{k}={v}" for k, v in opts.items()) or "defaults"
+        row = {
+            "label": label,
+            "quantizer": name,
+            "options": shown,
+            "train_s": seconds,
+            **evaluate(model, test),
+        }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
         if args.json:
@@ -146,7 +181,13 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(row) + "\n")
     setup = (
         f"conv3 encoder/decoder, mnist5k (4500 train / 500 held-out, 1x32x32), {args.steps} steps, "
-        f"batch {args.batch}, Adam lr {args.lr:g}, seed {args.seed}, device cpu, "
+        f"batch {args.batch}, Adam lr {args.lr:g}"
+        + (
+            f" after {DEFAULTS['warmup_steps']} warm-up steps, cosine (vqkit train's recipe)"
+            if vq_recipe
+            else ""
+        )
+        + f", seed {args.seed}, device cpu, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     text = f"{setup}\n\n{table(rows)}\n"
