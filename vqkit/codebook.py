@@ -30,8 +30,14 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
 
 
 def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
-    """How often each code occurs (float ``[K]``), from a histogram."""
-    return torch.bincount(indices.reshape(-1), minlength=codebook_size).float()
+    """How often each code occurs (float ``[K]``), from a histogram.
+
+    By ``index_add_`` into a fixed ``[K]`` rather than ``torch.bincount``, whose CUDA kernel reads the largest
+    index back to the host to size its output (a device sync in every training step). Counts of ones are exact
+    in fp32, so the atomics' order does not matter."""
+    flat = indices.reshape(-1)
+    counts = torch.zeros(codebook_size, device=flat.device, dtype=torch.float32)
+    return counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
 
 
 def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
@@ -201,7 +207,8 @@ class CodebookUpkeep(nn.Module):
         initialised, step = self._mirror()
         self.step += 1
         self._host = (initialised, step + 1)
-        self.last_used[counts > 0] = self.step
+        # torch.where, not a boolean-mask assignment (which finds its indices with a device sync)
+        self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
         return counts
 
     @torch.no_grad()

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -45,10 +46,20 @@ class Gumbel(Quantizer):
         self.proj = nn.Linear(self.dim, self.codebook_size)
         self.embedding = nn.Embedding(self.codebook_size, self.dim)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        self._host_step: int | None = None  # the step buffer mirrored on the host: no device sync a step
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._host_step = None  # re-read the loaded buffer once
+
+    def _current_step(self) -> int:
+        if self._host_step is None:
+            self._host_step = int(self.step)
+        return self._host_step
 
     def temperature(self) -> float:
         """The temperature of the current training step (exponential schedule)."""
-        t = min(int(self.step) / self.anneal_steps, 1.0)
+        t = min(self._current_step() / self.anneal_steps, 1.0)
         return self.tau_start * (self.tau_end / self.tau_start) ** t
 
     def _logits(self, z: torch.Tensor) -> torch.Tensor:
@@ -66,6 +77,7 @@ class Gumbel(Quantizer):
                 flat_q = soft @ self.embedding.weight.float()
                 log_q = F.log_softmax(logits, dim=-1)
                 kl = (log_q.exp() * (log_q + math.log(self.codebook_size))).sum(-1).mean()
+            self._host_step = self._current_step() + 1
             self.step += 1
             loss = self.kl_weight * kl
             stats = {"temperature": torch.tensor(tau)}
