@@ -12,7 +12,8 @@ Two recipes, one per run of the script, so only the quantizer differs between ro
   cosine schedule (``vqkit.training.DEFAULTS``) unless ``--steps``/``--lr`` are given. The warm-up by itself
   decides whether the decoder survives the first steps, so this is the table the default model is chosen on.
 
-Every run is shown, collapsed or not.
+Every run is shown, collapsed or not. The plain recipe adds a ``no-quantizer`` row: the same encoder straight
+into the decoder, which tells a quantizer's collapse from the autoencoder's own.
 
     python benchmarks/quality.py                      # the full table (2000 steps, batch 128, lr 1e-3)
     python benchmarks/quality.py --recipe vqkit       # the same rows under vqkit train's recipe
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -34,6 +36,8 @@ import vqkit
 from vqkit.data import load_mnist5k
 from vqkit.evaluate import evaluate
 from vqkit.training import DEFAULTS, TrainConfig
+
+NO_QUANTIZER = "none"
 
 # (row label, quantizer, options). Codebook size 512 where the quantizer takes one; fsq 8,8,8 = 512 codes.
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -51,6 +55,9 @@ CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("vq-kmeans", "vq", {"init": "kmeans", "restart_after": 0}),
     ("vq-normal", "vq", {"init": "normal", "restart_after": 0}),  # vq's own defaults, spelled out
     ("ema-norestart", "ema", {"restart_after": 0}),
+    # No quantizer at all: the conv3 encoder straight into the decoder (plain recipe only). It tells a
+    # quantizer's collapse from the autoencoder's own.
+    ("no-quantizer", NO_QUANTIZER, {}),
 ]
 
 
@@ -70,8 +77,14 @@ def train_plain(
     train: torch.Tensor,
 ) -> tuple[vqkit.VQVAE, float]:
     """The issue's protocol: Adam at a constant lr over ``VQVAE.forward(x).loss``. -> (model, train seconds)"""
+    bypass = quantizer == NO_QUANTIZER
     model = vqkit.build_model(
-        "conv3", quantizer, channels=1, image_size=32, quantizer_options=options, seed=seed
+        "conv3",
+        "vq" if bypass else quantizer,
+        channels=1,
+        image_size=32,
+        quantizer_options=options,
+        seed=seed,
     )
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator().manual_seed(seed)
@@ -80,11 +93,23 @@ def train_plain(
     start = time.perf_counter()
     for _ in range(steps):
         x = train[torch.randint(0, len(train), (batch,), generator=gen)]
-        loss = model(x).loss
+        loss = autoencode_mse(model, x) if bypass else model(x).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return model, time.perf_counter() - start
+
+
+def autoencode_mse(model: vqkit.VQVAE, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.mse_loss(model.decoder(model.encoder(x)), x)
+
+
+@torch.no_grad()
+def autoencoder_metrics(model: vqkit.VQVAE, test: torch.Tensor) -> dict[str, Any]:
+    """Held-out MSE and PSNR of encoder -> decoder with no quantizer (code columns empty)."""
+    model.eval()
+    mse = sum(float(autoencode_mse(model, x)) * len(x) for x in test.split(250)) / len(test)
+    return {"images": len(test), "mse": mse, "psnr": 10 * math.log10(4.0 / mse), "codebook_size": None}
 
 
 def train_vqkit(
@@ -119,12 +144,18 @@ def table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         ratio = f"{r['mse'] / seed_mse:.2f}" if seed_mse else "-"
-        used = r["codes_used"]
-        used_s = f"{used:.0f}" if float(used).is_integer() else f"{used:.1f}"
+        if r.get("codebook_size") is None:  # no quantizer: no codes
+            codes = "- | - | - | -"
+        else:
+            used = r["codes_used"]
+            used_s = f"{used:.0f}" if float(used).is_integer() else f"{used:.1f}"
+            codes = (
+                f"{used_s} / {r['codebook_size']} | {100 * r['usage']:.0f}% | {r['perplexity']:.1f} "
+                f"| {r['bits_per_image']:g}"
+            )
         out.append(
             f"| {r['label']} | {r['quantizer']} | {r['options']} | {r['mse']:.4f} | {ratio} | {r['psnr']:.2f} "
-            f"| {used_s} / {r['codebook_size']} | {100 * r['usage']:.0f}% | {r['perplexity']:.1f} "
-            f"| {r['bits_per_image']:g} | {r['train_s']:.0f} |"
+            f"| {codes} | {r['train_s']:.0f} |"
         )
     return "\n".join(out)
 
@@ -159,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = [json.loads(line) for line in f if line.strip()]
     train, test = (None, None) if args.from_json else (_float_images("train"), _float_images("test"))
     for label, name, opts in CONFIGS:
-        if args.from_json or (wanted and label not in wanted):
+        if args.from_json or (wanted and label not in wanted) or (vq_recipe and name == NO_QUANTIZER):
             continue
         budget = {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed}
         if vq_recipe:
@@ -172,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "quantizer": name,
             "options": shown,
             "train_s": seconds,
-            **evaluate(model, test),
+            **(autoencoder_metrics(model, test) if name == NO_QUANTIZER else evaluate(model, test)),
         }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
