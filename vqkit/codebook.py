@@ -58,8 +58,7 @@ def cluster_sums(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-code counts ``[K]`` and latent sums ``[K, D]`` of ``z [N, D]`` (fp32, by index_add)."""
     z = z.float()
-    counts = torch.zeros(codebook_size, device=z.device, dtype=torch.float32)
-    counts.index_add_(0, indices, torch.ones_like(indices, dtype=torch.float32))
+    counts = code_counts(indices, codebook_size)
     sums = torch.zeros(codebook_size, z.shape[1], device=z.device, dtype=torch.float32)
     sums.index_add_(0, indices, z)
     return counts, sums
