@@ -15,8 +15,15 @@ from safetensors.torch import load_file
 
 import vqkit
 from vqkit.errors import ModelFileError, OptionError, ShapeError
-from vqkit.prior import CodePrior, PriorSpec, PriorWarning, check_prior_fits, load_prior, save_prior
-from vqkit.prior_training import PriorTrainConfig, encode_images, train_prior
+from vqkit.generation.prior import (
+    CodePrior,
+    PriorSpec,
+    PriorWarning,
+    check_prior_fits,
+    load_prior,
+    save_prior,
+)
+from vqkit.generation.training import PriorTrainConfig, encode_images, train_prior
 
 SMALL = dict(width=32, layers=1, heads=2, dropout=0.0, batch_size=64, lr=3e-3, warmup=10)
 
@@ -46,7 +53,7 @@ def test_an_interrupted_run_resumes_exactly_where_it_stopped(tmp_path: Path, mon
         tiny_model_file(), tmp_path / "straight", PriorTrainConfig(**cfg), device="cpu", progress=False
     )
 
-    import vqkit.prior_training as pt
+    import vqkit.generation.training as pt
 
     real_lr = pt._lr_at
 

@@ -1,5 +1,5 @@
-"""``vqkit prior train``, ``vqkit sample`` and ``vqkit interpolate``: thin shells over vqkit.prior_training and
-vqkit.generate. torch is imported inside the commands only, so ``vqkit`` starts without it."""
+"""``vqkit prior train``, ``vqkit sample`` and ``vqkit interpolate``: thin shells over vqkit.generation.training and
+vqkit.generation. torch is imported inside the commands only, so ``vqkit`` starts without it."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def prior_train(
     Example: vqkit prior train runs/a/model.safetensors --data mnist5k --out runs/a/prior
     Writes OUT/prior.safetensors, OUT/checkpoint.safetensors (for --resume) and OUT/metrics.jsonl.
     """
-    from vqkit.prior_training import PriorTrainConfig, train_prior
+    from vqkit.generation.training import PriorTrainConfig, train_prior
 
     cfg = PriorTrainConfig(**options)  # type: ignore[arg-type]
     train_prior(model, out, cfg, device=device, resume=resume, progress=not no_progress, log=click.echo)
@@ -107,7 +107,7 @@ def sample(
     import torch
 
     from vqkit.errors import OptionError
-    from vqkit.generate import sample_images
+    from vqkit.generation.sampling import sample_images
     from vqkit.images import write_grid
     from vqkit.modelfile import load
 
@@ -147,8 +147,8 @@ def interpolate(
     """
     import numpy as np
 
-    from vqkit.generate import interpolate as interpolate_latents
-    from vqkit.generate import resolve_device
+    from vqkit.generation.sampling import interpolate as interpolate_latents
+    from vqkit.generation.sampling import resolve_device
     from vqkit.images import to_float, write_grid
     from vqkit.modelfile import load
 

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from vqkit import distributed as D
+from vqkit.device import autocast, check_precision, resolve_device, use_channels_last
 from vqkit.errors import VQKitError
 from vqkit.evaluate import evaluate, reconstruct
 from vqkit.images import write_grid
@@ -32,7 +33,6 @@ from vqkit.modelfile import load
 from vqkit.training.batches import Batches
 from vqkit.training.checkpoint import MODEL_NAME, load_state, restore_rng, save_checkpoint, state_path_for
 from vqkit.training.config import TrainConfig
-from vqkit.training.device import autocast, check_precision, resolve_device, use_channels_last
 from vqkit.training.rundir import METRICS_NAME, MetricsLog, next_run_dir, prepare_run_dir
 from vqkit.training.schedule import lr_at
 from vqkit.training.setup import existing_model, load_training_images, new_model

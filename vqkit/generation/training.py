@@ -1,4 +1,4 @@
-"""Training a :class:`~vqkit.prior.CodePrior` on the codes a VQ-VAE gives a dataset.
+"""Training a :class:`~vqkit.generation.prior.CodePrior` on the codes a VQ-VAE gives a dataset.
 
 A run is a folder: ``prior.safetensors`` (the prior, rewritten at every evaluation), ``checkpoint.safetensors``
 (weights, AdamW moments, step and the batch sampler's state, for ``resume``; no pickle) and ``metrics.jsonl``
@@ -22,7 +22,7 @@ import torch
 
 from vqkit.errors import ModelFileError, OptionError, VQKitError
 from vqkit.fileio import atomic_path
-from vqkit.prior import PRIOR_FILE, CodePrior, PriorSpec, model_fingerprint, save_prior
+from vqkit.generation.prior import PRIOR_FILE, CodePrior, PriorSpec, model_fingerprint, save_prior
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 METRICS_FILE = "metrics.jsonl"
@@ -149,7 +149,7 @@ def train_prior(
     (its architecture and sampler state; ``config.steps`` may extend it). Returns the held-out bits per image.
     """
     from vqkit.data import load_images
-    from vqkit.generate import resolve_device
+    from vqkit.generation.sampling import resolve_device
 
     cfg = config or PriorTrainConfig()
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.eval_every < 1 or cfg.lr <= 0:
