@@ -1,17 +1,17 @@
 """Training a :class:`~vqkit.generation.prior.CodePrior` on the codes a VQ-VAE gives a dataset.
 
-A run is a folder: ``prior.safetensors`` (the prior, rewritten at every evaluation), ``checkpoint.safetensors``
-(weights, AdamW moments, step and the batch sampler's state, for ``resume``; no pickle) and ``metrics.jsonl``
-(one JSON line per evaluation). The whole dataset's codes are computed once and held in memory (on the GPU
-too): they are tiny (16 int64 per image for a 4x4 grid).
+It runs on the same training core as the VQ-VAE trainer (:mod:`vqkit.training.engine`): the same learning-rate
+schedule, training state and exact resume, metrics log, progress bar, run-folder lock and stop signals.
+A run is a folder: ``prior.safetensors`` (the prior, rewritten at every evaluation), ``train_state.pt``
+(weights, AdamW moments, step and the batch sampler's state, for ``resume``; loaded with weights_only) and
+``metrics.jsonl`` (one JSON line per evaluation). The whole dataset's codes are computed once and held in
+memory (on the GPU too): they are tiny (16 integers per image for a 4x4 grid).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,13 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqkit.errors import ModelFileError, OptionError, VQKitError
-from vqkit.fileio import atomic_path
+from vqkit.device import resolve_device
+from vqkit.errors import OptionError, VQKitError
 from vqkit.generation.prior import PRIOR_FILE, CodePrior, PriorSpec, model_fingerprint, save_prior
+from vqkit.training.checkpoint import STATE_NAME, load_state, restore_rng, save_state
+from vqkit.training.engine import Cadence, LoopEnd, Progress, Say, Window, run_steps
+from vqkit.training.rundir import METRICS_NAME, MetricsLog, prepare_run_dir
+from vqkit.training.schedule import lr_at
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_FORMAT = "vqkit.prior-checkpoint"
+ARCHITECTURE = ("width", "layers", "heads", "dropout", "seed")
 
 
 @dataclass
@@ -44,6 +46,25 @@ class PriorTrainConfig:
     dropout: float = 0.1
     seed: int = 0
 
+    def validate(self) -> PriorTrainConfig:
+        for name in ("steps", "batch_size", "eval_every", "width", "layers", "heads"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise OptionError(f"{name} must be a positive integer, got {value!r}", param=name)
+        for name, low, high in (
+            ("lr", 0.0, math.inf),
+            ("weight_decay", 0.0, math.inf),
+            ("dropout", 0.0, 1.0),
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value < high:
+                raise OptionError(
+                    f"{name} must be a finite number in [{low:g}, {high:g}), got {value!r}", param=name
+                )
+        if self.lr <= 0:
+            raise OptionError(f"lr must be positive, got {self.lr!r}", param="lr")
+        return self
+
 
 @dataclass
 class PriorTrainResult:
@@ -52,6 +73,8 @@ class PriorTrainResult:
     test_bits: float  # held-out negative log2-likelihood per image
     uniform_bits: float  # the uniform prior's: log2(K) x grid size (x codebooks)
     train_bits: float
+    interrupted: bool = False
+    signal_name: str | None = None
 
 
 def encode_images(
@@ -66,73 +89,6 @@ def encode_images(
     return torch.cat(out)
 
 
-def _lr_at(step: int, cfg: PriorTrainConfig) -> float:
-    """Linear warm-up, then cosine decay to a tenth (a function of the step, so resuming needs no state)."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
-
-
-def _save_checkpoint(
-    path: Path,
-    prior: CodePrior,
-    opt: torch.optim.Optimizer,
-    step: int,
-    gen: torch.Generator,
-    cfg: PriorTrainConfig,
-) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {f"model.{k}": v.detach().to("cpu").contiguous().clone() for k, v in prior.state_dict().items()}
-    names = {id(p): n for n, p in prior.named_parameters()}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            for key, value in opt.state.get(p, {}).items():
-                tensors[f"optim.{names[id(p)]}.{key}"] = value.detach().to("cpu").reshape(value.shape).clone()
-    tensors["sampler_state"] = gen.get_state().clone()
-    meta = {
-        "format": CHECKPOINT_FORMAT,
-        "vqkit.prior_spec": prior.spec.to_json(),
-        "step": str(step),
-        "config": json.dumps(asdict(cfg)),
-    }
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
-
-
-def _load_checkpoint(
-    path: Path, prior_for: Callable[[PriorSpec], CodePrior], device: torch.device
-) -> tuple[CodePrior, dict[str, torch.Tensor], int, torch.Tensor, dict[str, Any]]:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-        tensors = load_file(str(path), device="cpu")
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError("not a vqkit prior checkpoint")
-        spec = PriorSpec.from_json(meta["vqkit.prior_spec"])
-        step, config = int(meta["step"]), json.loads(meta["config"])
-        prior = prior_for(spec)
-        prior.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
-    except VQKitError:
-        raise
-    except Exception as exc:
-        raise ModelFileError(f"cannot resume from {path}: {exc}") from exc
-    optim = {k[6:]: v for k, v in tensors.items() if k.startswith("optim.")}
-    return prior.to(device), optim, step, tensors["sampler_state"], config
-
-
-def _restore_optimizer(opt: torch.optim.Optimizer, prior: CodePrior, saved: dict[str, torch.Tensor]) -> None:
-    for name, p in prior.named_parameters():
-        state = {key.rsplit(".", 1)[1]: v for key, v in saved.items() if key.rsplit(".", 1)[0] == name}
-        if state:
-            # AdamW keeps its step count as a CPU scalar, its moments beside the parameter.
-            opt.state[p] = {k: (v if k == "step" else v.to(p.device)) for k, v in state.items()}
-
-
 def train_prior(
     model: Any,
     out: str | os.PathLike[str],
@@ -142,137 +98,217 @@ def train_prior(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    callback: Callable[[int], None] | None = None,
 ) -> PriorTrainResult:
     """Train a prior over ``model``'s codes of ``config.data`` (train split); evaluate on its test split.
 
     ``model`` is a :class:`~vqkit.VQVAE` or the path of a model file. ``resume`` continues the run in ``out``
-    (its architecture and sampler state; ``config.steps`` may extend it). Returns the held-out bits per image.
+    (its architecture and sampler state; ``config.steps`` may extend it). ``callback(step)`` runs after every
+    step. Returns the held-out bits per image.
     """
-    from vqkit.data import load_images
-    from vqkit.generation.sampling import resolve_device
-
-    cfg = config or PriorTrainConfig()
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.eval_every < 1 or cfg.lr <= 0:
-        raise OptionError(
-            "steps, batch size and eval interval must be positive, and so must the learning rate"
-        )
-    dev = resolve_device(device)
+    cfg = (config or PriorTrainConfig()).validate()
     if isinstance(model, (str, os.PathLike)):
         from vqkit.modelfile import load
 
         model = load(model)
-    say = log or (lambda _m: None)
-    out = Path(out)
-    ckpt_path = out / CHECKPOINT_FILE
-    if out.exists() and not out.is_dir():
-        raise OptionError(f"--out {out} is a file; give a folder for the prior run")
-    if not resume and (ckpt_path.exists() or (out / PRIOR_FILE).exists()):
-        raise OptionError(
-            f"{out} already holds a prior run; pass --resume to continue it, or choose another --out"
+    trainer = PriorTrainer(model, Path(out), cfg, resolve_device(device), resume, log or (lambda _m: None))
+    bar = Progress(progress, cfg.steps, trainer.start, "prior", fallback=trainer.say)
+    trainer.say = bar.say
+    try:
+        end = run_steps(
+            trainer,
+            start=trainer.start,
+            cadence=Cadence(cfg.steps, cfg.eval_every, cfg.eval_every, cfg.eval_every),
+            device=trainer.device,
+            items_per_step=cfg.batch_size,
+            progress=bar,
+            callback=callback,
         )
-    if resume and not ckpt_path.exists():
-        raise OptionError(f"nothing to resume: {ckpt_path} does not exist")
+    finally:
+        bar.close()
+        trainer.lock.release()
+    return trainer.result(end)
 
-    fingerprint = model_fingerprint(model)
-    spec_kw = dict(
-        grid=tuple(model.grid),
-        num_codebooks=int(model.num_codebooks),
-        codebook_size=int(model.quantizer.codebook_size),
-        model_fingerprint=fingerprint,
-    )
-    train_images = load_images(
-        cfg.data, split="train", channels=model.spec.channels, image_size=model.spec.image_size
-    )
-    test_images = load_images(
-        cfg.data, split="test", channels=model.spec.channels, image_size=model.spec.image_size
-    )
-    if len(train_images) == 0 or len(test_images) == 0:
-        raise OptionError(f"data {cfg.data!r} has an empty train or test split")
-    train_codes = encode_images(model, train_images, dev)
-    test_codes = encode_images(model, test_images, dev)
-    model.to("cpu")
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    start = 0
-    if resume:
-        prior, saved_optim, start, sampler_state, saved_cfg = _load_checkpoint(ckpt_path, CodePrior, dev)
-        if prior.spec.model_fingerprint != fingerprint:
-            raise OptionError(
-                f"{out} was trained on another model's codes (its weights differ); cannot resume"
+class PriorTrainer:
+    """One prior run, driven by :func:`vqkit.training.engine.run_steps`."""
+
+    stat_names = ("loss",)
+
+    def __init__(
+        self, model: Any, out: Path, cfg: PriorTrainConfig, device: torch.device, resume: bool, say: Say
+    ) -> None:
+        self.cfg, self.out, self.device, self.say = cfg, out, device, say
+        if out.exists() and not out.is_dir():
+            raise OptionError(f"out {out} is a file; give a folder for the prior run", param="out")
+        if resume and not (out / STATE_NAME).exists():
+            raise OptionError(f"nothing to resume: {out / STATE_NAME} does not exist", param="resume")
+        self.lock = prepare_run_dir(
+            out,
+            resuming=resume,
+            owned=(PRIOR_FILE, STATE_NAME),
+            what="a prior run",
+            hint="pass `resume` to continue it, or choose another `out`",
+        )
+        try:
+            self._codes(model)
+            self._prior(model, resume)
+        except BaseException:
+            self.lock.release()
+            raise
+        self.metrics = MetricsLog(
+            out / METRICS_NAME, enabled=True, resume_step=self.start if resume else None
+        )
+        self.uniform = self.prior.spec.uniform_bits
+        self.train_bits = self.test_bits = math.nan
+        self._header()
+
+    def _codes(self, model: Any) -> None:
+        from vqkit.data import load_images
+
+        cfg, spec = self.cfg, model.spec
+        kw = dict(channels=spec.channels, image_size=spec.image_size)
+        train_images = load_images(cfg.data, split="train", **kw)
+        test_images = load_images(cfg.data, split="test", **kw)
+        if len(train_images) == 0 or len(test_images) == 0:
+            raise OptionError(f"data {cfg.data!r} has an empty train or test split", param="data")
+        self.train_codes = encode_images(model, train_images, self.device)
+        self.test_codes = encode_images(model, test_images, self.device)
+        model.to("cpu")
+
+    def _prior(self, model: Any, resume: bool) -> None:
+        cfg = self.cfg
+        fingerprint = model_fingerprint(model)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        state = load_state(self.out / STATE_NAME, "prior") if resume else None
+        if state is not None:
+            spec = PriorSpec.from_json(state["spec"])
+            if spec.model_fingerprint != fingerprint:
+                raise OptionError(
+                    f"{self.out} was trained on another model's codes (its weights differ); cannot resume"
+                )
+            saved = state["config"]
+            for key in ARCHITECTURE:
+                setattr(cfg, key, saved[key])
+        else:
+            torch.manual_seed(cfg.seed)
+            spec = PriorSpec(
+                width=cfg.width,
+                layers=cfg.layers,
+                heads=cfg.heads,
+                dropout=cfg.dropout,
+                grid=tuple(model.grid),
+                num_codebooks=int(model.num_codebooks),
+                codebook_size=int(model.quantizer.codebook_size),
+                model_fingerprint=fingerprint,
             )
-        for key in ("width", "layers", "heads", "dropout", "seed"):
-            setattr(cfg, key, saved_cfg[key])
-        gen.set_state(sampler_state)
-    else:
-        torch.manual_seed(cfg.seed)
-        spec = PriorSpec(width=cfg.width, layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout, **spec_kw)
-        prior = CodePrior(spec).to(dev)
-        saved_optim = {}
-    opt = torch.optim.AdamW(prior.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    _restore_optimizer(opt, prior, saved_optim)
+        self.prior = CodePrior(spec).to(self.device)
+        self.opt = torch.optim.AdamW(
+            self.prior.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98)
+        )
+        self.start = 0
+        if state is not None:
+            try:
+                self.prior.load_state_dict(state["model"])
+                self.opt.load_state_dict(state["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise VQKitError(f"cannot resume from {self.out / STATE_NAME}: {exc}") from exc
+            self.gen.set_state(state["sampler"])
+            restore_rng(state)
+            self.start = int(state["step"])
+        self.prior.train()
 
-    uniform = prior.spec.uniform_bits
-    n_params = sum(p.numel() for p in prior.parameters())
-    say(
-        f"prior      transformer, {cfg.layers} layers x {cfg.width} wide, {n_params:,} params, "
-        f"{prior.spec.seq_len} codes per image"
-    )
-    say(f"data       {cfg.data}: {len(train_codes)} train / {len(test_codes)} held-out images, device {dev}")
-    say(f"uniform    {uniform:.1f} bits per image (log2 {prior.spec.codebook_size} x {prior.spec.seq_len})")
-    if start >= cfg.steps:
-        say(f"resume     the run is already at step {start} of {cfg.steps}")
+    def _header(self) -> None:
+        cfg, spec = self.cfg, self.prior.spec
+        n_params = sum(p.numel() for p in self.prior.parameters())
+        self.say(
+            f"prior      transformer, {cfg.layers} layers x {cfg.width} wide, {n_params:,} params, "
+            f"{spec.seq_len} codes per image"
+        )
+        self.say(
+            f"data       {cfg.data}: {len(self.train_codes)} train / {len(self.test_codes)} held-out images, "
+            f"device {self.device}"
+        )
+        self.say(f"uniform    {self.uniform:.1f} bits per image (log2 {spec.codebook_size} x {spec.seq_len})")
+        if self.start >= cfg.steps:
+            self.say(f"resume     the run is already at step {self.start} of {cfg.steps}")
 
-    def evaluate(step: int, train_bits: float, elapsed: float) -> float:
-        prior.eval()
-        test_bits = float(prior.bits_per_image(test_codes).mean())
-        prior.train()
-        record = {
-            "step": step,
-            "train_bits_per_image": round(train_bits, 4),
-            "test_bits_per_image": round(test_bits, 4),
-            "uniform_bits_per_image": round(uniform, 4),
-            "lr": _lr_at(step - 1, cfg),
-            "elapsed_s": round(elapsed, 2),
-        }
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / METRICS_FILE, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        save_prior(prior, out / PRIOR_FILE, {"step": str(step), "test_bits_per_image": f"{test_bits:.4f}"})
-        _save_checkpoint(ckpt_path, prior, opt, step, gen, cfg)
-        return test_bits
+    def _lr(self, step: int) -> float:
+        cfg = self.cfg
+        # Cosine to a tenth of the peak: a prior keeps learning slowly at the end.
+        return lr_at(step, lr=cfg.lr, steps=cfg.steps, warmup=cfg.warmup, schedule="cosine", min_lr_ratio=0.1)
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, unit="step", dynamic_ncols=True)
-    prior.train()
-    t0 = time.perf_counter()
-    running, test_bits = float("nan"), float("nan")
-    step = start
-    ln2 = math.log(2)
-    for step in range(start + 1, cfg.steps + 1):
+    def step(self, step: int) -> torch.Tensor:
+        cfg = self.cfg
         # Seed dropout per step, so a resumed run continues exactly as an uninterrupted one would.
-        torch.manual_seed(cfg.seed * 1_000_003 + step)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step - 1, cfg)
-        idx = torch.randint(len(train_codes), (cfg.batch_size,), generator=gen).to(dev)
-        loss = prior(train_codes[idx])
-        opt.zero_grad(set_to_none=True)
+        torch.manual_seed(cfg.seed * 1_000_003 + step + 1)
+        for group in self.opt.param_groups:
+            group["lr"] = self._lr(step)
+        idx = torch.randint(len(self.train_codes), (cfg.batch_size,), generator=self.gen).to(self.device)
+        loss = self.prior(self.train_codes[idx])
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(prior.parameters(), 1.0)
-        opt.step()
-        bits = float(loss.detach()) * prior.spec.seq_len / ln2
-        running = bits if math.isnan(running) else 0.95 * running + 0.05 * bits
-        bar.update(1)
-        bar.set_postfix(train_bits=f"{running:.1f}", test_bits=f"{test_bits:.1f}", refresh=False)
-        if step % cfg.eval_every == 0 or step == cfg.steps:
-            test_bits = evaluate(step, running, time.perf_counter() - t0)
-            bar.write(f"step {step:>6}  train {running:7.2f}  held-out {test_bits:7.2f}  bits/image")
-    bar.close()
-    if math.isnan(test_bits):  # resumed a finished run: report what the saved prior scores
-        prior.eval()
-        test_bits = float(prior.bits_per_image(test_codes).mean())
-    say(
-        f"held-out   {test_bits:.2f} bits per image vs {uniform:.1f} uniform "
-        f"({test_bits / uniform:.1%} of uniform); prior in {out / PRIOR_FILE}"
-    )
-    return PriorTrainResult(out / PRIOR_FILE, step, test_bits, uniform, running)
+        torch.nn.utils.clip_grad_norm_(self.prior.parameters(), 1.0)
+        self.opt.step()
+        return loss.detach().float().reshape(1)
+
+    def log(self, done: int, means: dict[str, float], window: Window) -> None:
+        self.train_bits = means["loss"] * self.prior.spec.seq_len / math.log(2)
+        self.elapsed = window.elapsed
+
+    def evaluate(self, done: int, say: Say) -> None:
+        self.test_bits = self._test_bits()
+        self.metrics.write(
+            {
+                "step": done,
+                "train_bits_per_image": round(self.train_bits, 4),
+                "test_bits_per_image": round(self.test_bits, 4),
+                "uniform_bits_per_image": round(self.uniform, 4),
+                "lr": self._lr(done - 1),
+                "elapsed_s": round(self.elapsed, 2),
+            }
+        )
+        meta = {"step": str(done), "test_bits_per_image": f"{self.test_bits:.4f}"}
+        save_prior(self.prior, self.out / PRIOR_FILE, meta)
+        say(f"step {done:>6}  train {self.train_bits:7.2f}  held-out {self.test_bits:7.2f}  bits/image")
+
+    def _test_bits(self) -> float:
+        self.prior.eval()
+        bits = float(self.prior.bits_per_image(self.test_codes).mean())
+        self.prior.train()
+        return bits
+
+    def checkpoint(self, done: int) -> None:
+        save_state(
+            self.out / STATE_NAME,
+            "prior",
+            done,
+            spec=self.prior.spec.to_json(),
+            model=self.prior.state_dict(),
+            optimizer=self.opt.state_dict(),
+            sampler=self.gen.get_state(),
+            config=asdict(self.cfg),
+        )
+
+    def weights_finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.prior.parameters())
+
+    def diverged(self, what: str, last_good: int | None) -> Exception:
+        return VQKitError(f"prior training stopped: {what}; try a lower lr (now {self.cfg.lr:g})")
+
+    def result(self, end: LoopEnd) -> PriorTrainResult:
+        if math.isnan(self.test_bits):  # resumed a finished run: report what the saved prior scores
+            self.test_bits = self._test_bits()
+        self.say(
+            f"held-out   {self.test_bits:.2f} bits per image vs {self.uniform:.1f} uniform "
+            f"({self.test_bits / self.uniform:.1%} of uniform); prior in {self.out / PRIOR_FILE}"
+        )
+        return PriorTrainResult(
+            self.out / PRIOR_FILE,
+            end.step,
+            self.test_bits,
+            self.uniform,
+            self.train_bits,
+            end.interrupted,
+            end.signal_name,
+        )
