@@ -17,7 +17,7 @@ from vqkit.contracts import Quantized
 from vqkit.discovery import load_plugins
 from vqkit.errors import OptionError, ShapeError, VQKitError
 from vqkit.options import validate_options
-from vqkit.registry import REGISTRIES, Entry, decoders, encoders, quantizers
+from vqkit.registry import REGISTRIES, Entry, decoders, encoders
 from vqkit.spec import PARTS, SPEC_FORMAT, ModelSpec, spec_problem
 
 __all__ = ["SPEC_FORMAT", "VQVAE", "ModelSpec", "VQVAEOutput", "build_from_spec", "build_model"]
