@@ -34,8 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 DESCRIPTIONS = {
-    "default": "every component's own defaults (vq with k-means init and dead-code restarts)",
-    "original": "the original VQ-VAE configuration: uniform codebook init, no restarts, transposed-conv head",
+    "default": "every component's own defaults: vq with k-means init and dead-code restarts",
+    "original": "the original VQ-VAE: uniform codebook init, no restarts, transposed-conv decoder head",
 }
 
 

@@ -38,7 +38,7 @@ DIRECT = {
     "channels": "channels",
     "image_size": "image_size",
 }
-MODEL = ("encoder", "quantizer", "decoder", "latent_dim", "codebook_size")
+MODEL = ("preset", "encoder", "quantizer", "decoder", "latent_dim", "codebook_size")
 
 
 def _given(ctx: click.Context, name: str) -> bool:
