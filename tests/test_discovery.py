@@ -105,9 +105,22 @@ def test_importing_a_plugin_early_keeps_its_origin(tmp_path: Path, monkeypatch: 
         tmp_path, monkeypatch, "fake-early", {"fake": mod}, {mod: QUANTIZER_SOURCE.format(name=name)}
     )
     __import__(mod)  # a user's script imports the plugin before vqkit looks for plugins
-    assert vqkit.quantizers.entry(name).origin == f"module {mod}"
+    # Its registration waits for the loader, which finds the entry point that owns the module: the very
+    # first lookup already names the package.
+    assert vqkit.quantizers.entry(name).origin == "fake-early 1.0"
     vqkit.load_plugins()
     assert vqkit.quantizers.entry(name).distribution == "fake-early==1.0"
+
+
+def test_a_registration_outside_any_plugin_names_its_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod, name = unique("fake_mod"), unique("fake-q")
+    (tmp_path / f"{mod}.py").write_text(QUANTIZER_SOURCE.format(name=name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__(mod)  # a module no entry point names: a user's own script or package
+    assert vqkit.quantizers.entry(name).origin == f"module {mod}"
+    assert vqkit.quantizers.entry(name).distribution is None
 
 
 def test_entry_point_callable_is_handed_the_registries(

@@ -33,7 +33,7 @@ from torch import nn
 
 from vqkit.codebook import nearest_code
 from vqkit.contracts import Quantized, channels_last_flat, unflatten_channels_first
-from vqkit.registry import REGISTRIES, origin
+from vqkit.registry import REGISTRIES
 
 __all__ = ["ConformanceWarning", "check_decoder", "check_encoder", "check_quantizer"]
 
@@ -200,9 +200,8 @@ def _registered(**parts: Any) -> Iterator[dict[str, str]]:
     """Register each part under a fresh name for the duration of the block (and take them back)."""
     names = {kind: f"vqkit-testing-{kind}-{next(_counter)}" for kind in parts}
     try:
-        with origin("vqkit.testing"):
-            for kind, obj in parts.items():
-                REGISTRIES[kind].add(names[kind], obj)
+        for kind, obj in parts.items():
+            REGISTRIES[kind].commit(names[kind], obj, origin="vqkit.testing")
         yield names
     finally:
         for kind, name in names.items():
