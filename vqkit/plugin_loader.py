@@ -126,6 +126,7 @@ class PluginLoader:
         self._batches: list[list[Mark]] = []  # one per plugin loading right now (a plugin may load another)
         self._loaded: set[str] = set()
         self._requested: list[tuple[str, bool]] = []
+        self._retry: dict[str, list[Mark]] = {}  # what a plugin that imported but then failed registered
         self._scanned = False
         self._lock = threading.RLock()
 
@@ -211,12 +212,15 @@ class PluginLoader:
         if source.key in self._loaded:
             return
         self._loaded.add(source.key)
-        mine = [m for m in self._loose if _owns(source.owner, m.module)]
+        mine = [m for m in self._loose if _owns(source.owner, m.module)] + self._retry.pop(source.key, [])
         self._loose = [m for m in self._loose if not _owns(source.owner, m.module)]
         self._batches.append(mine)
+        imported = False
         try:
             try:
-                _run_plugin(source.load(), self.handed)
+                plugin = source.load()
+                imported = True
+                _run_plugin(plugin, self.handed)
             finally:
                 batch = self._batches.pop()
             self._commit(batch, origin=source.origin, distribution=source.distribution, override=override)
@@ -225,6 +229,8 @@ class PluginLoader:
         except BaseException as exc:  # SystemExit too: a plugin must not end the program
             if strict:
                 self._loaded.discard(source.key)  # named again, it is tried again
+                if imported:  # Python keeps the module: a retry would not see its registrations again
+                    self._retry[source.key] = batch
                 text = _describe(exc)
                 if isinstance(exc, DuplicateComponentError):
                     text += " (pass override=True to let it replace the registered one)"
@@ -258,7 +264,13 @@ class PluginLoader:
         register fake components or load fake plugins). Plugin files loaded inside are forgotten too, so
         loading them again registers again."""
         with self._lock:
-            state = (list(self._loose), set(self._loaded), list(self._requested), self._scanned)
+            state = (
+                list(self._loose),
+                set(self._loaded),
+                list(self._requested),
+                dict(self._retry),
+                self._scanned,
+            )
             tables = [(t, t.snapshot()) for t in self._targets]
             n_broken = len(self.broken)
             modules = {m for m in sys.modules if m.startswith(FILE_MODULE_PREFIX)}
@@ -266,7 +278,7 @@ class PluginLoader:
             yield
         finally:
             with self._lock:
-                self._loose, self._loaded, self._requested, self._scanned = state
+                self._loose, self._loaded, self._requested, self._retry, self._scanned = state
                 for target, table in tables:
                     target.restore(table)
                 del self.broken[n_broken:]
