@@ -60,7 +60,6 @@ def test_registry_and_loader_do_not_import_each_other() -> None:
 
 def test_exporter_registry_is_not_shadowed_by_the_exporters_package() -> None:
     import vqkit.exporters
-
     import vqkit.registry
 
     vqkit.load_plugins()
@@ -125,3 +124,27 @@ def test_registering_the_same_object_twice_is_harmless() -> None:
     reg.add("f", f)
     reg.add("f", f)
     assert reg.names() == ["f"]
+
+
+@pytest.mark.usefixtures("preserved_plugins")
+def test_a_script_registers_into_the_global_registries() -> None:
+    @objectives.register("test-l2")
+    class L2:
+        """Mean squared error."""
+
+        def __init__(self, weight: float = 1.0) -> None:
+            self.weight = weight
+
+    entry = objectives.entry("test-l2")  # the lookup commits it
+    assert entry.obj is L2 and entry.origin == f"module {__name__}" and entry.distribution is None
+    assert [(o.name, o.default) for o in entry.options] == [("weight", 1.0)]
+    vqkit.quantizers.add("vq", L2)  # a name a built-in holds: the next lookup says so, naming both
+    with pytest.raises(DuplicateComponentError, match=rf"by built-in and by module {__name__}.*override=True"):
+        vqkit.quantizers.get("vq")
+    assert vqkit.quantizers.entry("vq").origin == "built-in"
+    vqkit.quantizers.add("vq", L2, override=True)
+    assert vqkit.quantizers.get("vq") is L2
+
+
+def test_the_replaced_builtin_is_back_after_the_isolated_test() -> None:
+    assert vqkit.quantizers.entry("vq").origin == "built-in" and "test-l2" not in objectives

@@ -11,6 +11,13 @@ input, determinism and purity of ``quantize``, agreement of ``forward``/``quanti
 mode, a save/load round trip through :func:`vqkit.save`/:func:`vqkit.load`, and ONNX export parity through
 the ``onnx`` exporter. A failure raises :class:`AssertionError` saying what the contract wanted.
 
+For quantizers also: codes ``[B, h, w]`` with one codebook and ``[B, h, w, S]`` with S; the search in fp32
+under bf16 autocast (the same codes as in fp32); ``codes_used``/``perplexity`` stats, when given, describe
+the batch's codes (the mean over codebooks when there are several).
+
+``preserved_state()`` isolates a test that registers components or loads plugins: everything registered or
+loaded inside ``with preserved_state():`` is gone after it.
+
 Each check builds the component with small sizes, so a whole run takes seconds on a CPU. To put the
 component in a full model (for the round trip and the export) it is paired with tiny reference parts that
 live here, so the checks depend on no other plugin.
@@ -33,9 +40,10 @@ from torch import nn
 
 from vqkit.codebook import nearest_code
 from vqkit.contracts import Quantized, channels_last_flat, unflatten_channels_first
+from vqkit.discovery import preserved_state
 from vqkit.registry import REGISTRIES
 
-__all__ = ["ConformanceWarning", "check_decoder", "check_encoder", "check_quantizer"]
+__all__ = ["ConformanceWarning", "check_decoder", "check_encoder", "check_quantizer", "preserved_state"]
 
 SEED = 1234
 # Eval-mode outputs computed two ways (batched vs alone, forward vs dequantize) may differ by float rounding.
