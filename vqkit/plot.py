@@ -54,6 +54,7 @@ class Panel:
 
 
 LOG_SPAN = 30.0
+LIMIT = 1e15  # steps and values beyond this are garbage (a diverged run logs null), and would break the axes
 
 PANELS = (
     Panel("loss", (Series("train", "train", "loss", BLUE),), log_if_wide=True),
@@ -141,7 +142,8 @@ def collect(records: list[dict[str, Any]]) -> Curves:
     curves = Curves()
     for record in sorted(records, key=lambda r: record_step(r) or 0):
         step = record_step(record)
-        assert step is not None  # read_metrics keeps only records with a step
+        if step is None or abs(step) > LIMIT:  # read_metrics keeps only records with a step
+            continue
         curves.steps.append(step)
         event = record.get("event")
         if event in ("start", "resume"):
@@ -152,6 +154,8 @@ def collect(records: list[dict[str, Any]]) -> Curves:
         if kind is None:
             continue
         for key, value in numeric_fields(record).items():
+            if abs(value) > LIMIT:
+                continue
             curves.points.setdefault((kind, key), []).append((step, value))
         if kind == "eval":
             curves.last_eval = {"step": step, **record}
@@ -248,7 +252,7 @@ def _draw_panel(
     shown = [(sr, pts) for sr, pts in shown if pts]
     values = [v for _, pts in shown for _, v in pts]
     y_axis = _y_axis(values, panel)
-    x_axis = _Axis(*x_range)
+    x_axis = Axis(*x_range)
     title = panel.title + (" (log scale)" if y_axis.log else "")
     if panel.series[0].key == "codes_used" and curves.last_eval.get("codebook_size"):
         size = finite_number(curves.last_eval.get("codebook_size"))
@@ -274,8 +278,8 @@ def _draw_panel(
     draw.text(((left + right) / 2, bottom + 27 * s), "step", fill=SOFT_INK, font=fonts.tick, anchor="mt")
     for step in curves.resumed_at:
         if x_range[0] < step < x_range[1]:
-            x = px(step, y_axis.lo)[0]
-            _dashed(draw, [(x, top), (x, bottom)], GREY, s, dash=4 * s)
+            x = round(px(step, y_axis.lo)[0] / s) * s  # on a whole pixel of the written PNG: crisp
+            _dashed(draw, [(x, top), (x, bottom)], GREY, 2 * s, dash=5 * s)
     draw.rectangle([left, top, right, bottom], outline=FRAME, width=s)
 
     for sr, pts in shown:
@@ -338,7 +342,7 @@ def _dashed(draw: Any, xy: list[tuple[float, float]], color: Any, width: int, *,
 
 
 @dataclass(frozen=True)
-class _Axis:
+class Axis:
     lo: float
     hi: float
     log: bool = False
@@ -372,18 +376,18 @@ def _padded_steps(steps: list[int]) -> tuple[float, float]:
     return (lo, hi) if hi > lo else (lo - 1, hi + 1)
 
 
-def _y_axis(values: list[float], panel: Panel) -> _Axis:
+def _y_axis(values: list[float], panel: Panel) -> Axis:
     lo, hi = min(values), max(values)
     if panel.log_if_wide and lo > 0 and hi / lo > LOG_SPAN:
         pad = (math.log10(hi) - math.log10(lo)) * 0.04
-        return _Axis(10 ** (math.log10(lo) - pad), 10 ** (math.log10(hi) + pad), log=True)
+        return Axis(10 ** (math.log10(lo) - pad), 10 ** (math.log10(hi) + pad), log=True)
     if panel.from_zero:
         lo, hi = min(lo, 0.0), max(hi, 0.0)
     if hi - lo <= max(abs(hi), abs(lo)) * 1e-9:  # flat: give it some height
         half = abs(hi) * 0.1 or 1.0
         lo, hi = lo - half, hi + half
     pad = (hi - lo) * 0.04  # a margin, so no curve runs along the frame
-    return _Axis(lo if panel.from_zero and lo == 0 else lo - pad, hi + pad)
+    return Axis(lo if panel.from_zero and lo == 0 else lo - pad, hi + pad)
 
 
 def nice_step(lo: float, hi: float, target: int = 5) -> float:
