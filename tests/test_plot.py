@@ -16,7 +16,7 @@ from tests.cli_run import run
 from vqkit.cli.main import cli
 from vqkit.errors import VQKitError
 from vqkit.metrics_io import MetricsWarning
-from vqkit.plot import BLUE, ORANGE, WIDTH, Axis, plot_run
+from vqkit.plot import BLUE, ORANGE, WIDTH, Axis, collect, plot_run
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_hostile_numbers_do_not_break_the_plot(tmp_path: Path) -> None:
         (None, ["missing"], "no run folder or metrics file at"),
         ("folder", ["run"], "has no metrics.jsonl"),
         ("empty", ["run"], "is empty: the run has not logged any metrics yet"),
-        ("corrupt", ["run"], "has no readable records (2 unreadable lines)"),
+        ("corrupt", ["run"], "holds no metrics: none of its 2 lines is a JSON record with a step"),
         ("events", ["run"], "holds no curves to plot"),
         ("good", ["run", "-o", "curves.jpg"], "out must be a .png file"),
     ],
@@ -170,3 +170,13 @@ def test_tick_labels_share_one_style_per_axis() -> None:
     assert labels(0, 3.1e-4) == ["0", "0.5e-4", "1.0e-4", "1.5e-4", "2.0e-4", "2.5e-4", "3.0e-4"]
     assert labels(0, 150_000) == ["0", "50k", "100k", "150k"]
     assert labels(5.8, 10.9) == ["6", "7", "8", "9", "10"]
+
+
+def test_steps_trained_again_after_a_resume_are_plotted_once_with_their_later_values() -> None:
+    first = [{"step": s, "loss": 1.0} for s in range(1, 11)]  # steps 7..10 were lost with the crash
+    again = [{"step": 6, "event": "resume"}] + [{"step": s, "loss": 2.0} for s in range(7, 13)]
+    curves = collect(first + again)
+    assert curves.points[("train", "loss")] == [(s, 1.0) for s in range(1, 7)] + [
+        (s, 2.0) for s in range(7, 13)
+    ]
+    assert curves.resumed_at == [6]

@@ -246,6 +246,18 @@ def _csv_step(row: dict[str, str]) -> float:
         return math.inf
 
 
+def require_tensorboard() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``, or one clear error saying what to install. Cheap to call
+    early (before loading data) so that a run asked to log to TensorBoard fails at once, not after setup."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as exc:
+        raise VQKitError(
+            f"logging to TensorBoard needs the tensorboard package, which is not installed: {TENSORBOARD_HINT}"
+        ) from exc
+    return SummaryWriter
+
+
 class TensorBoardSink:
     """Scalars ``train/<name>`` and ``eval/<name>`` at each record's step, in ``run_dir/tensorboard``.
 
@@ -254,13 +266,7 @@ class TensorBoardSink:
     """
 
     def __init__(self, log_dir: Path, *, resume_step: int | None) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as exc:
-            raise VQKitError(
-                f"logging to TensorBoard needs the tensorboard package, which is not installed: "
-                f"{TENSORBOARD_HINT}"
-            ) from exc
+        SummaryWriter = require_tensorboard()  # noqa: N806 (a class)
         self.log_dir = log_dir
         try:
             self.writer = SummaryWriter(

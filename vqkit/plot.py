@@ -110,7 +110,10 @@ def plot_run(path: str | os.PathLike[str], out: str | os.PathLike[str] | None = 
     records, bad = read_metrics(metrics)
     if not records:
         if bad:
-            raise VQKitError(f"{metrics} has no readable records ({bad} unreadable lines)")
+            raise VQKitError(
+                f"{metrics} holds no metrics: none of its {bad} lines is a JSON record with a step "
+                f"(give a run folder or its {METRICS_JSONL})"
+            )
         raise VQKitError(f"{metrics} is empty: the run has not logged any metrics yet")
     warn_skipped(metrics, bad)
     curves = collect(records)
@@ -139,8 +142,11 @@ def metrics_file(path: str | os.PathLike[str]) -> Path:
 
 
 def collect(records: list[dict[str, Any]]) -> Curves:
+    """The curves in ``records``, in step order. Where a step appears twice in a series (a run resumed from
+    a checkpoint trains some steps again), the later line wins, as it would have in ``metrics.jsonl``."""
     curves = Curves()
-    for record in sorted(records, key=lambda r: record_step(r) or 0):
+    latest: dict[tuple[str, str], dict[int, float]] = {}
+    for record in records:
         step = record_step(record)
         if step is None or abs(step) > LIMIT:  # read_metrics keeps only records with a step
             continue
@@ -156,10 +162,12 @@ def collect(records: list[dict[str, Any]]) -> Curves:
         for key, value in numeric_fields(record).items():
             if abs(value) > LIMIT:
                 continue
-            curves.points.setdefault((kind, key), []).append((step, value))
-        if kind == "eval":
-            curves.last_eval = {"step": step, **record}
+            latest.setdefault((kind, key), {})[step] = value
+        if kind == "eval" and step >= curves.last_eval.get("step", step):
+            curves.last_eval = {**record, "step": step}
             curves.split = _plain(str(record.get("split", "")), 20)
+    curves.points = {series: sorted(by_step.items()) for series, by_step in latest.items()}
+    curves.resumed_at.sort()
     return curves
 
 

@@ -17,11 +17,11 @@ import click
     help="The PNG to write [default: curves.png in the run folder].",
 )
 def plot_command(run: Path, out: Path | None) -> None:
-    """Draw the training curves of RUN to a PNG: loss, PSNR (training and held-out), codes used and
-    learning rate, against the step.
+    """Draw a run's training curves to a PNG.
 
-    RUN is a run folder of `vqkit train` (or `vqkit prior train`) or its metrics.jsonl; it can be plotted
-    while the run is still training.
+    Loss, PSNR and codes used (training means and held-out evaluations) and the learning rate, against the
+    step. RUN is a run folder of `vqkit train` (or `vqkit prior train`) or its metrics.jsonl; a run can be
+    plotted while it is still training.
 
     \b
     Example: vqkit plot runs/run-1 -o curves.png
