@@ -245,9 +245,10 @@ def _summary(curves: Curves) -> str:
         if used is not None:
             bits.append(f"codes used {used:g}" + (f" of {size:g}" if size is not None else ""))
         parts.append(f"{held} at step {e['step']}: " + ", ".join(b for b in bits if b))
-    last = next((r for r in reversed(curves.points.get(("train", "test_bits_per_image"), [])) if r), None)
-    if last is not None:
-        parts.append(f"held-out {last[1]:.2f} bits per image at step {last[0]:g}")
+    prior_bits = curves.points.get(("train", "test_bits_per_image"))  # a vqkit prior train run
+    if prior_bits:
+        step, bits = prior_bits[-1]
+        parts.append(f"held-out {bits:.2f} bits per image at step {step:g}")
     return "   |   ".join(parts)
 
 
