@@ -15,7 +15,7 @@ from PIL import Image
 from tests.cli_run import run
 from vqkit.cli.main import cli
 from vqkit.errors import VQKitError
-from vqkit.metrics_io import MetricsWarning
+from vqkit.metrics_sinks import MetricsWarning
 from vqkit.plot import BLUE, ORANGE, WIDTH, Axis, collect, plot_run
 
 

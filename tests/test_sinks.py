@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from vqkit.errors import VQKitError
-from vqkit.metrics_io import METRICS_CSV, TENSORBOARD_DIR, open_sinks
+from vqkit.metrics_sinks import METRICS_CSV, TENSORBOARD_DIR, open_sinks
 
 
 def _records(steps: range, *, start_event: str = "start") -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 from vqkit.errors import VQKitError
 from vqkit.fileio import atomic_path
-from vqkit.metrics_io import (
+from vqkit.metrics_sinks import (
     METRICS_JSONL,
     finite_number,
     numeric_fields,
