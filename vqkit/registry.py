@@ -206,12 +206,14 @@ encoders = Registry("encoder", positional=("in_channels", "latent_dim"))
 decoders = Registry("decoder", positional=("latent_dim", "out_channels"))
 quantizers = Registry("quantizer", positional=("dim", "codebook_size"))
 exporters = Registry("exporter")
+objectives = Registry("objective")  # training losses, built as cls(**options)
 
 REGISTRIES: dict[str, Registry] = {
     "encoder": encoders,
     "quantizer": quantizers,
     "decoder": decoders,
     "exporter": exporters,
+    "objective": objectives,
 }
 
 
@@ -223,3 +225,4 @@ class Registries:
     quantizers: Registry = quantizers
     decoders: Registry = decoders
     exporters: Registry = exporters
+    objectives: Registry = objectives
