@@ -65,7 +65,7 @@ def expected_shapes() -> dict[str, tuple[int, ...]]:
 def read_lpips_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The checked tensors of an LPIPS weight file: every name present with its shape, nothing else, all
     floating point and finite. Shapes are checked from the header before any tensor is read."""
-    from safetensors import SafetensorsError, safe_open
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     if not path.is_file():
@@ -92,7 +92,7 @@ def read_lpips_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
                 if got != shape:
                     raise VQKitError(f"{path}: tensor {name} has shape {list(got)}, expected {list(shape)}")
             tensors = {name: f.get_tensor(name) for name in want}
-    except SafetensorsError as exc:
+    except (SafetensorError, OSError) as exc:  # a truncated or foreign file
         raise VQKitError(f"{path} is not a readable safetensors file: {exc}") from None
     for name, t in tensors.items():
         if not t.dtype.is_floating_point:

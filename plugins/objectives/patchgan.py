@@ -56,6 +56,17 @@ def _init(net: nn.Module, seed: int) -> None:
             m.bias.data.zero_()
 
 
+def _average(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its mean over the ranks, in one collective."""
+    if not tensors:
+        return
+    flat = all_reduce_mean_(torch.cat([t.reshape(-1) for t in tensors]))
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
 @objectives.register("patchgan")
 class PatchGAN(Objective):
     """Adversarial loss against a PatchGAN discriminator (hinge loss, adaptive weight, delayed start).
@@ -163,14 +174,10 @@ class PatchGAN(Objective):
         d_loss = 0.5 * (F.relu(1.0 - real).mean() + F.relu(1.0 + fake).mean())
         d_loss.backward()
         if is_distributed():  # replicas stay equal: every rank steps on the mean gradient
-            grads = [p.grad for p in net.parameters() if p.grad is not None]
-            flat = torch.cat([g.reshape(-1) for g in grads])
-            all_reduce_mean_(flat)
-            offset = 0
-            for g in grads:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
+            _average([p.grad for p in net.parameters() if p.grad is not None])
         self.optimizer.step()
+        if is_distributed():  # and keeps the same normalisation statistics (each rank saw its own batch)
+            _average([b for b in net.buffers() if b.is_floating_point()])
         return {
             "d_loss": d_loss.detach(),
             "logits_real": real.detach().mean(),
