@@ -123,12 +123,15 @@ class PluginLoader:
         self.broken: list[BrokenPlugin] = []  # one list for the life of the loader; callers may hold it
         self._targets: list[Target] = []
         self._loose: list[Mark] = []  # made outside any plugin load
-        self._batches: list[list[Mark]] = []  # one per plugin loading right now (a plugin may load another)
+        self._local = threading.local()  # per thread: the marks of each plugin it is loading right now
         self._loaded: set[str] = set()
         self._requested: list[tuple[str, bool]] = []
         self._retry: dict[str, list[Mark]] = {}  # what a plugin that imported but then failed registered
         self._scanned = False
+        # _lock is held while loading (imports included); _loose_lock only around list updates, so a thread
+        # that imports a plugin module while another loads can always record its marks (no deadlock).
         self._lock = threading.RLock()
+        self._loose_lock = threading.Lock()
 
     # --- what registries call ---------------------------------------------------------------------------
     def attach(self, target: Target) -> None:
@@ -136,11 +139,15 @@ class PluginLoader:
         self._targets.append(target)
 
     def mark(self, mark: Mark) -> None:
-        with self._lock:
-            (self._batches[-1] if self._batches else self._loose).append(mark)
+        batches = self._batches()
+        if batches:
+            batches[-1].append(mark)
+        else:
+            with self._loose_lock:
+                self._loose.append(mark)
 
     def unmark(self, target: Target, name: str) -> None:
-        with self._lock:
+        with self._loose_lock:
             self._loose = [m for m in self._loose if not (m.target is target and m.name == name)]
 
     def ensure_loaded(self) -> None:
@@ -148,9 +155,13 @@ class PluginLoader:
         it sees what is there so far (the built-ins load first)."""
         if self._scanned and not self._loose:
             return
-        with self._lock:
-            if not self._batches:
-                self.load()
+        if not self._batches():
+            self.load()
+
+    def _batches(self) -> list[list[Mark]]:
+        if not hasattr(self._local, "batches"):
+            self._local.batches = []
+        return self._local.batches
 
     # --- loading ----------------------------------------------------------------------------------------
     def request(self, specs: Iterable[str], *, override: bool = False) -> None:
@@ -175,8 +186,11 @@ class PluginLoader:
                 self.load_spec(spec, strict=strict, override=replace)
             for spec in extra:
                 self.load_spec(spec, strict=strict, override=override)
-            while self._loose and not self._batches:
-                mark = self._loose.pop(0)
+            while not self._batches():
+                with self._loose_lock:
+                    if not self._loose:
+                        break
+                    mark = self._loose.pop(0)
                 try:
                     self._commit([mark], origin=f"module {mark.module}", distribution=None, override=False)
                 except DuplicateComponentError as exc:  # the caller's own registration: an error it can fix
@@ -187,7 +201,6 @@ class PluginLoader:
         """Every ``vqkit.plugins`` entry point: vqkit's own first (a third-party plugin that imports a built-in
         to subclass it must not take its origin), then the others by distribution name."""
         with self._lock:
-            self._scanned = True
             eps = sorted(
                 metadata.entry_points(group=ENTRY_POINT_GROUP),
                 key=lambda ep: (not _is_builtin(_dist_name(ep)), (_dist_name(ep) or "").lower(), ep.name),
@@ -197,6 +210,8 @@ class PluginLoader:
             if not any(_is_builtin(_dist_name(ep)) for ep in eps):
                 for module in BUILTIN_MODULES:  # a source tree that was never installed: still the built-ins
                     self.load_spec(module, origin=BUILTIN, strict=False)
+            # Only now: a lookup in another thread must not take a half-loaded registry for a loaded one.
+            self._scanned = True
 
     def load_spec(
         self, spec: str, *, origin: str | None = None, strict: bool = True, override: bool = False
@@ -212,9 +227,8 @@ class PluginLoader:
         if source.key in self._loaded:
             return
         self._loaded.add(source.key)
-        mine = [m for m in self._loose if _owns(source.owner, m.module)] + self._retry.pop(source.key, [])
-        self._loose = [m for m in self._loose if not _owns(source.owner, m.module)]
-        self._batches.append(mine)
+        batches = self._batches()
+        batches.append(self._retry.pop(source.key, []))
         imported = False
         try:
             try:
@@ -222,7 +236,12 @@ class PluginLoader:
                 imported = True
                 _run_plugin(plugin, self.handed)
             finally:
-                batch = self._batches.pop()
+                batch = batches.pop()
+                # Also what its modules registered outside this load: imported earlier, or by another thread
+                # meanwhile. Taken either way, so a plugin that fails contributes nothing.
+                with self._loose_lock:
+                    batch += [m for m in self._loose if _owns(source.owner, m.module)]
+                    self._loose = [m for m in self._loose if not _owns(source.owner, m.module)]
             self._commit(batch, origin=source.origin, distribution=source.distribution, override=override)
         except KeyboardInterrupt:
             raise
@@ -263,7 +282,7 @@ class PluginLoader:
         """Undo, on leaving the block, every registration and plugin load made inside it (for tests that
         register fake components or load fake plugins). Plugin files loaded inside are forgotten too, so
         loading them again registers again."""
-        with self._lock:
+        with self._lock, self._loose_lock:
             state = (
                 list(self._loose),
                 set(self._loaded),
@@ -277,7 +296,7 @@ class PluginLoader:
         try:
             yield
         finally:
-            with self._lock:
+            with self._lock, self._loose_lock:
                 self._loose, self._loaded, self._requested, self._retry, self._scanned = state
                 for target, table in tables:
                     target.restore(table)
@@ -306,8 +325,14 @@ def _entry_point_source(ep: metadata.EntryPoint) -> _Source:
     else:
         origin, pinned = f"entry point {ep.name}", None
     where = f"{name} {dist.version}" if dist is not None else "no distribution"
-    return _Source(f"ep:{ep.name}={ep.value}", f"{ep.name} ({ep.value}, from {where})", origin, pinned,
-                   ep.module, ep.load)  # fmt: skip
+    return _Source(
+        key=f"ep:{ep.name}={ep.value}",
+        shown=f"{ep.name} ({ep.value}, from {where})",
+        origin=origin,
+        distribution=pinned,
+        owner=ep.module,
+        load=ep.load,
+    )
 
 
 def _is_path(spec: str) -> bool:
@@ -319,11 +344,22 @@ def _named_source(spec: str, origin: str | None) -> _Source:
         path = Path(spec)
         label = f"folder {spec}" if path.is_dir() else f"file {spec}"
         return _Source(
-            f"file:{path.resolve()}", spec, origin or label, None, None, lambda: _import_path(path)
+            key=f"file:{path.resolve()}",
+            shown=spec,
+            origin=origin or label,
+            distribution=None,
+            owner=None,
+            load=lambda: _import_path(path),
         )
     module, _, attr = spec.partition(":")
-    return _Source(f"module:{spec}", spec, origin or f"module {module}", None, module,
-                   lambda: _import_attribute(module, attr))  # fmt: skip
+    return _Source(
+        key=f"module:{spec}",
+        shown=spec,
+        origin=origin or f"module {module}",
+        distribution=None,
+        owner=module,
+        load=lambda: _import_attribute(module, attr),
+    )
 
 
 def _owns(owner: str | None, module: str) -> bool:
