@@ -68,6 +68,8 @@ class PluginWarning(UserWarning):
 class BrokenPlugin:
     source: str
     error: str
+    spec: str | None = None  # the module or path, when the user named it for this command (--plugin)
+    clash: bool = False  # it failed because one of its names was taken
 
 
 class Target(Protocol):
@@ -109,6 +111,7 @@ class _Source:
     distribution: str | None  # "name==version" of the package that provides it
     owner: str | None  # module whose registrations made before it loaded (an early import) are its own
     load: Callable[[], Any]
+    spec: str | None = None  # the module or path a user names it by; None for an entry point
 
 
 class PluginLoader:
@@ -183,9 +186,9 @@ class PluginLoader:
             # A request is tried once: a failure is reported now, not again by every later load.
             requested, self._requested = self._requested, []
             for spec, replace in requested:
-                self.load_spec(spec, strict=strict, override=replace)
+                self.load_spec(spec, strict=strict, override=replace, named=True)
             for spec in extra:
-                self.load_spec(spec, strict=strict, override=override)
+                self.load_spec(spec, strict=strict, override=override, named=True)
             while not self._batches():
                 with self._loose_lock:
                     if not self._loose:
@@ -214,16 +217,25 @@ class PluginLoader:
             self._scanned = True
 
     def load_spec(
-        self, spec: str, *, origin: str | None = None, strict: bool = True, override: bool = False
+        self,
+        spec: str,
+        *,
+        origin: str | None = None,
+        strict: bool = True,
+        override: bool = False,
+        named: bool = False,
     ) -> None:
         """One plugin named as a module (``my_pkg.plugin``; ``my_pkg.plugin:register`` for a callable), a
-        ``.py`` file or a package folder (a path: it contains a ``/`` or ends in ``.py``)."""
+        ``.py`` file or a package folder (a path: it contains a ``/`` or ends in ``.py``).
+
+        ``named``: the user named it for this call (``--plugin``); if it fails without ``strict``, the caller
+        lists it (``vqkit plugins``), so there is no warning besides."""
         spec = spec.strip()
         if spec:
             with self._lock:
-                self._load(_named_source(spec, origin), strict=strict, override=override)
+                self._load(_named_source(spec, origin), strict=strict, override=override, named=named)
 
-    def _load(self, source: _Source, *, strict: bool, override: bool) -> None:
+    def _load(self, source: _Source, *, strict: bool, override: bool, named: bool = False) -> None:
         if source.key in self._loaded:
             return
         self._loaded.add(source.key)
@@ -246,20 +258,25 @@ class PluginLoader:
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit too: a plugin must not end the program
-            if strict:
-                self._loaded.discard(source.key)  # named again, it is tried again
+            if strict or named:
+                self._loaded.discard(source.key)  # named again (maybe to override), it is tried again
                 if imported:  # Python keeps the module: a retry would not see its registrations again
                     self._retry[source.key] = batch
+            if strict:
                 text = _describe(exc)
                 if isinstance(exc, DuplicateComponentError):
                     text += " (pass override=True to let it replace the registered one)"
                 raise PluginLoadError(source.shown, exc, text) from exc
-            self.broken.append(BrokenPlugin(source.shown, _describe(exc)))
-            warnings.warn(
-                f"vqkit plugin {source.shown} failed to load and is skipped: {_describe(exc)}",
-                PluginWarning,
-                stacklevel=2,
+            clash = isinstance(exc, DuplicateComponentError)
+            self.broken.append(
+                BrokenPlugin(source.shown, _describe(exc), source.spec if named else None, clash)
             )
+            if not named:
+                warnings.warn(
+                    f"vqkit plugin {source.shown} failed to load and is skipped: {_describe(exc)}",
+                    PluginWarning,
+                    stacklevel=2,
+                )
 
     def _commit(self, batch: list[Mark], *, origin: str, distribution: str | None, override: bool) -> None:
         """All of ``batch`` or, if one of its names is taken, none of it."""
@@ -350,6 +367,7 @@ def _named_source(spec: str, origin: str | None) -> _Source:
             distribution=None,
             owner=None,
             load=lambda: _import_path(path),
+            spec=spec,
         )
     module, _, attr = spec.partition(":")
     return _Source(
@@ -359,6 +377,7 @@ def _named_source(spec: str, origin: str | None) -> _Source:
         distribution=None,
         owner=module,
         load=lambda: _import_attribute(module, attr),
+        spec=spec,
     )
 
 
