@@ -177,8 +177,9 @@ class PluginLoader:
     def load(self, extra: Iterable[str] = (), *, strict: bool = True, override: bool = False) -> None:
         """Entry points, then ``VQKIT_PLUGINS``, then requested plugins and ``extra``, then registrations
         made outside any plugin. Each source loads once. A requested or ``extra`` plugin that fails raises
-        :class:`PluginLoadError` (unless not ``strict``); the others are warned about and listed as broken.
-        ``override`` lets the components of ``extra`` replace registered ones of the same name."""
+        :class:`PluginLoadError`; without ``strict`` it is listed as broken, for the caller to show. Other
+        plugins that fail are warned about and listed as broken. ``override`` lets the components of
+        ``extra`` replace registered ones of the same name."""
         with self._lock:
             self.load_entry_points()
             for item in os.environ.get(ENV_VAR, "").replace(os.pathsep, ",").split(","):
