@@ -31,6 +31,7 @@ _LAZY = {
     "Registry": "vqkit.registry",
     "decoders": "vqkit.registry",
     "encoders": "vqkit.registry",
+    "objectives": "vqkit.registry",
     "quantizers": "vqkit.registry",
 }
 
