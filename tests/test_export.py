@@ -13,6 +13,7 @@ from vqkit.exporters.onnx import OnnxExporter
 from vqkit.exporters.subpixel import rewrite_conv_transpose
 
 import vqkit
+from vqkit.contracts import Quantized
 from vqkit.data import load_mnist5k
 from vqkit.export import ExportError, check_parity, export
 from vqkit.images import write_images
@@ -178,6 +179,11 @@ class _DataDependent(nn.Module):
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         return self.codebook[codes].permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        codes = self.quantize(z)
+        z_q = self.dequantize(codes)
+        return Quantized(z + (z_q - z).detach(), codes, z_q.new_zeros(()), {})
 
 
 def test_untraceable_quantizer_fails_with_a_clear_error(tmp_path: Path) -> None:

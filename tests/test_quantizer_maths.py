@@ -117,7 +117,7 @@ def test_restart_off_keeps_dead_codes() -> None:
     assert int(q.upkeep.restarts) == 0 and float(q.embedding.weight.detach()[1:].min()) > 999
 
 
-def test_seed_configuration_is_reachable() -> None:
+def test_original_configuration_is_reachable() -> None:
     q = Q("vq", 16, 64, init="uniform", restart_after=0)
     assert (
         q.embedding.weight.abs().max() <= 1 / 64 and not q.upkeep.kmeans_init and q.upkeep.restart_after == 0

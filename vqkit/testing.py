@@ -11,6 +11,13 @@ input, determinism and purity of ``quantize``, agreement of ``forward``/``quanti
 mode, a save/load round trip through :func:`vqkit.save`/:func:`vqkit.load`, and ONNX export parity through
 the ``onnx`` exporter. A failure raises :class:`AssertionError` saying what the contract wanted.
 
+For quantizers also: codes ``[B, h, w]`` with one codebook and ``[B, h, w, S]`` with S; the search in fp32
+under bf16 autocast (the same codes as in fp32); ``codes_used``/``perplexity`` stats, when given, describe
+the batch's codes (the mean over codebooks when there are several).
+
+``preserved_state()`` isolates a test that registers components or loads plugins: everything registered or
+loaded inside ``with preserved_state():`` is gone after it.
+
 Each check builds the component with small sizes, so a whole run takes seconds on a CPU. To put the
 component in a full model (for the round trip and the export) it is paired with tiny reference parts that
 live here, so the checks depend on no other plugin.
@@ -33,9 +40,10 @@ from torch import nn
 
 from vqkit.codebook import nearest_code
 from vqkit.contracts import Quantized, channels_last_flat, unflatten_channels_first
-from vqkit.registry import REGISTRIES, origin
+from vqkit.discovery import preserved_state
+from vqkit.registry import REGISTRIES
 
-__all__ = ["ConformanceWarning", "check_decoder", "check_encoder", "check_quantizer"]
+__all__ = ["ConformanceWarning", "check_decoder", "check_encoder", "check_quantizer", "preserved_state"]
 
 SEED = 1234
 # Eval-mode outputs computed two ways (batched vs alone, forward vs dequantize) may differ by float rounding.
@@ -200,9 +208,8 @@ def _registered(**parts: Any) -> Iterator[dict[str, str]]:
     """Register each part under a fresh name for the duration of the block (and take them back)."""
     names = {kind: f"vqkit-testing-{kind}-{next(_counter)}" for kind in parts}
     try:
-        with origin("vqkit.testing"):
-            for kind, obj in parts.items():
-                REGISTRIES[kind].add(names[kind], obj)
+        for kind, obj in parts.items():
+            REGISTRIES[kind].commit(names[kind], obj, origin="vqkit.testing")
         yield names
     finally:
         for kind, name in names.items():
@@ -481,7 +488,11 @@ def check_quantizer(
                 f"it was asked for codebook_size={size_arg} and says codebook_size={k} (a quantizer that "
                 "fixes its own codebook size should reject a different one, or accept codebook_size=None)",
             )
-        codes_contract = "int64 [B, h, w]" if s == 1 else f"int64 [B, h, w, num_codebooks={s}]"
+        codes_contract = (
+            "int64 [B, h, w]: one codebook, so no codebook axis (not [B, h, w, 1])"
+            if s == 1
+            else f"int64 [B, h, w, num_codebooks={s}]"
+        )
 
         def codes_shape(z: torch.Tensor) -> tuple[int, ...]:
             b, _, h, w = z.shape
@@ -509,6 +520,7 @@ def check_quantizer(
                 isinstance(value, torch.Tensor) and value.numel() == 1,
                 f"forward(z).stats[{key!r}] must be a scalar tensor, got {value!r}",
             )
+        _check_usage_stats(ck, out.stats, out.indices, k, s)
         _check_input_gradient(ck, "forward(z).z_q", z, out.z_q)
 
         # inference path: pure, deterministic, batch-independent, full index range
@@ -555,6 +567,7 @@ def check_quantizer(
                 f"uses dequantize); largest difference {float((out.z_q - z_q).abs().max()):.3g}"
             ),
         )
+        _check_bf16_autocast(ck, q, z, codes_contract)
         extremes = torch.zeros(codes_shape(z), dtype=torch.int64)
         extremes[0] = k - 1
         extremes.view(-1)[1::2] = torch.randint(0, k, extremes.view(-1)[1::2].shape)
@@ -596,5 +609,67 @@ def _check_range(ck: _Checker, what: str, codes: torch.Tensor, k: int) -> None:
         lambda: (
             f"{what} has values from {int(codes.min())} to {int(codes.max())}; the contract wants codes "
             f"in [0, codebook_size={k})"
+        ),
+    )
+
+
+def _check_usage_stats(
+    ck: _Checker, stats: dict[str, torch.Tensor], indices: torch.Tensor, k: int, s: int
+) -> None:
+    """``codes_used`` and ``perplexity`` (both optional; training logs them) describe the batch's codes: the
+    number of distinct codes and exp(entropy) of their histogram. With S codebooks, each is the mean over
+    the codebooks (so both stay within [1, codebook_size] whatever S is)."""
+    books = indices.detach().reshape(-1, s).t()  # [S, N]: the codes each codebook gave
+    counts = [torch.bincount(b, minlength=k).double() for b in books]
+    used = sum(float((c > 0).sum()) for c in counts) / s
+    probs = [c / c.sum() for c in counts]
+    perplexity = sum(float(torch.exp(-(p[p > 0] * p[p > 0].log()).sum())) for p in probs) / s
+    per_book = " (the mean over its codebooks)" if s > 1 else ""
+    for key, want, tol in (("codes_used", used, 1e-4), ("perplexity", perplexity, 1e-3 * perplexity)):
+        if key in stats:
+            got = float(stats[key])
+            ck.require(
+                abs(got - want) <= tol,
+                f"forward(z).stats[{key!r}] is {got:.6g} but its indices give {want:.6g}{per_book}; "
+                f"stats {key!r} must describe the batch's codes, averaged over codebooks when there are several",
+            )
+
+
+def _check_bf16_autocast(ck: _Checker, q: nn.Module, z: torch.Tensor, codes_contract: str) -> None:
+    """Training with bf16 runs the quantizer under autocast. Its search must still be fp32 (bf16 distances
+    merge near codes and disagree with the fp32 search the exported model runs): under autocast the codes of
+    a bf16 latent, or of an fp32 one, must be those the fp32 search gives for the same values. Thousands of
+    latents, so that some lie near enough to the boundary between two codes for bf16 to get them wrong."""
+    z = _randn(4, z.shape[1], 32, 32, seed=SEED + 3)
+    z_bf16 = z.bfloat16()
+    q.eval()
+    with torch.no_grad():
+        want = ck.call("quantize", q.quantize, z_bf16.float())
+        want_fp32 = ck.call("quantize", q.quantize, z)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = ck.call("quantize under bf16 autocast", q.quantize, z_bf16)
+            got_fp32 = ck.call("quantize under bf16 autocast", q.quantize, z)
+            out = ck.call("forward in eval mode under bf16 autocast", q, z_bf16)
+    ck.require(
+        _same_codes(q, got, want) and _same_codes(q, got_fp32, want_fp32),
+        "under torch.autocast(dtype=torch.bfloat16), quantize(z) gives other codes than in fp32; compute the "
+        "distances and the search in fp32 (z.float(), and `with torch.autocast(z.device.type, enabled=False)` "
+        "around the matmul, which autocast would run in bf16)",
+    )
+    ck.tensor(
+        "forward(z).indices under bf16 autocast", out.indices, tuple(want.shape), torch.int64, codes_contract
+    )
+    ck.require(
+        _same_codes(q, out.indices, want),
+        "under bf16 autocast, forward(z).indices in eval mode differ from quantize(z) in fp32",
+    )
+    ck.require(
+        isinstance(out.z_q, torch.Tensor)
+        and tuple(out.z_q.shape) == tuple(z.shape)
+        and out.z_q.dtype in (torch.float32, torch.bfloat16)
+        and bool(torch.isfinite(out.z_q).all()),
+        lambda: (
+            f"under bf16 autocast forward(z).z_q is {list(out.z_q.shape)} {out.z_q.dtype}; the contract wants "
+            f"z's shape {list(z.shape)} in float32 or bfloat16, without NaN or infinite values"
         ),
     )
