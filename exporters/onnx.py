@@ -11,10 +11,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from vqkit.exporters.subpixel import rewrite_conv_transpose
 
 from vqkit._version import __version__
 from vqkit.export import ExportError
+from vqkit.exporters.subpixel import rewrite_conv_transpose
 from vqkit.model import VQVAE
 from vqkit.registry import exporters
 from vqkit.runtime import Tokenizer

@@ -9,13 +9,13 @@ import pytest
 import torch
 from cli_run import run
 from torch import nn
-from vqkit.exporters.onnx import OnnxExporter
-from vqkit.exporters.subpixel import rewrite_conv_transpose
 
 import vqkit
 from vqkit.contracts import Quantized
 from vqkit.data import load_mnist5k
 from vqkit.export import ExportError, check_parity, export
+from vqkit.exporters.onnx import OnnxExporter
+from vqkit.exporters.subpixel import rewrite_conv_transpose
 from vqkit.images import write_images
 from vqkit.registry import exporters, quantizers
 from vqkit.runtime import Tokenizer

@@ -139,7 +139,9 @@ def test_a_script_registers_into_the_global_registries() -> None:
     assert entry.obj is L2 and entry.origin == f"module {__name__}" and entry.distribution is None
     assert [(o.name, o.default) for o in entry.options] == [("weight", 1.0)]
     vqkit.quantizers.add("vq", L2)  # a name a built-in holds: the next lookup says so, naming both
-    with pytest.raises(DuplicateComponentError, match=rf"by built-in and by module {__name__}.*override=True"):
+    with pytest.raises(
+        DuplicateComponentError, match=rf"by built-in and by module {__name__}.*override=True"
+    ):
         vqkit.quantizers.get("vq")
     assert vqkit.quantizers.entry("vq").origin == "built-in"
     vqkit.quantizers.add("vq", L2, override=True)

@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from vqkit.plugins.quantizers._stages import codebook_kind, make_codebook
 
 from vqkit.codebook import FlatQuantizer, check_estimator, code_stats, estimate, mean_stats
 from vqkit.contracts import Quantized
 from vqkit.distributed import broadcast_
+from vqkit.plugins.quantizers._stages import codebook_kind, make_codebook
 from vqkit.registry import quantizers
 
 

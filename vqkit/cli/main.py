@@ -96,6 +96,7 @@ def _add_commands() -> None:
     from vqkit.cli.evaluate import eval_command, reconstruct
     from vqkit.cli.export import export_command
     from vqkit.cli.generate import interpolate, prior_group, sample
+    from vqkit.cli.plot import plot_command
     from vqkit.cli.plugins import plugins_command
     from vqkit.cli.train import train
 
@@ -110,6 +111,7 @@ def _add_commands() -> None:
     cli.add_command(export_command)
     cli.add_command(encode_command)
     cli.add_command(decode_command)
+    cli.add_command(plot_command)
 
 
 _add_commands()
