@@ -202,7 +202,6 @@ def train_architecture(
         "encoder": encoder,
         "encoder_options": opts[0],
         "decoder_options": opts[1],
-        "quantizer_options": DEFAULTS["model"]["quantizer_options"],
     }
     extra: dict[str, Any] = {} if loss == "mse" else {"loss": loss}  # a loop without objectives runs mse
     with tempfile.TemporaryDirectory() as tmp:
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def architectures_main(args: argparse.Namespace) -> int:
     args.steps = args.steps or 2000
-    args.lr = args.lr or DEFAULTS["lr"]
+    args.lr = args.lr or TrainConfig().lr
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = {s for s in args.only.split(",") if s}
@@ -368,8 +367,8 @@ def architectures_main(args: argparse.Namespace) -> int:
         rows = run_architectures(args, wanted)
     setup = (
         f"vqkit.training.train: {args.steps} steps, batch {args.batch}, Adam lr {args.lr:g} after "
-        f"{DEFAULTS['warmup_steps']} warm-up steps, cosine; vq (k-means init, restarts), 512 codes, latent dim "
-        f"64; seed {args.seed}, device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"{min(TrainConfig().warmup_steps, args.steps // 5)} warm-up steps, cosine; vq (k-means init, "
+        f"restarts), 512 codes, latent dim 64; seed {args.seed}, device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     text = f"{setup}\n\n{arch_table(rows)}\n"
     print(text)

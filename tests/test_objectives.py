@@ -161,9 +161,8 @@ def test_lpips_is_found_in_the_torch_hub_cache_and_reported_by_eval(
     lpips_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    from vqkit.plugins.objectives.lpips import default_weights_path
-
     from vqkit.evaluate import evaluate
+    from vqkit.plugins.objectives.lpips import default_weights_path
 
     model = vqkit.build_model("conv3", channels=1, image_size=32, seed=0)
     images = load_mnist5k("test")[0][:8]

@@ -84,7 +84,9 @@ def _weight(text: str, term: str, spelling: str) -> float:
     try:
         w = float(text)
     except ValueError:
-        raise OptionError(f"loss {spelling!r}: weight {text!r} of {term!r} is not a number", param="loss") from None
+        raise OptionError(
+            f"loss {spelling!r}: weight {text!r} of {term!r} is not a number", param="loss"
+        ) from None
     if not math.isfinite(w) or w < 0:
         raise OptionError(
             f"loss {spelling!r}: weight of {term!r} must be a finite number >= 0, got {text}", param="loss"
@@ -126,7 +128,9 @@ def parse_loss(text: str) -> list[tuple[str, float, dict[str, Any]]]:
             )
         name, opts, weight = m.group(1), m.group(2), m.group(3)
         if any(name == t[0] for t in terms):
-            raise OptionError(f"loss {text!r}: objective {name!r} appears twice; give it one weight", param="loss")
+            raise OptionError(
+                f"loss {text!r}: objective {name!r} appears twice; give it one weight", param="loss"
+            )
         w = 1.0 if weight is None else _weight(weight, name, text)
         terms.append((name, w, _inline_options(opts, name, text) if opts else {}))
     return terms

@@ -17,9 +17,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from vqkit.plugins.encoders.resnet import Attention, ResBlock, resolve_levels
 
 from vqkit.contracts import Decoder
+from vqkit.plugins.encoders.resnet import Attention, ResBlock, resolve_levels
 from vqkit.registry import decoders
 
 
