@@ -202,7 +202,6 @@ def train_architecture(
         "encoder": encoder,
         "encoder_options": opts[0],
         "decoder_options": opts[1],
-        "quantizer_options": {},  # vq defaults to k-means init and restarts
     }
     extra: dict[str, Any] = {} if loss == "mse" else {"loss": loss}  # a loop without objectives runs mse
     with tempfile.TemporaryDirectory() as tmp:
@@ -368,8 +367,8 @@ def architectures_main(args: argparse.Namespace) -> int:
         rows = run_architectures(args, wanted)
     setup = (
         f"vqkit.training.train: {args.steps} steps, batch {args.batch}, Adam lr {args.lr:g} after "
-        f"{TrainConfig().warmup_steps} warm-up steps, cosine; vq (k-means init, restarts), 512 codes, latent dim "
-        f"64; seed {args.seed}, device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        f"{min(TrainConfig().warmup_steps, args.steps // 5)} warm-up steps, cosine; vq (k-means init, "
+        f"restarts), 512 codes, latent dim 64; seed {args.seed}, device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     text = f"{setup}\n\n{arch_table(rows)}\n"
     print(text)

@@ -355,3 +355,66 @@ def test_discriminator_replicas_stay_equal_under_ddp(tmp_path: Path) -> None:
             v.numpy(), alone.training_state()["patchgan"]["discriminator"][k].numpy()
         )
     assert moved
+
+
+def _tensors_equal(a: object, b: object, where: str = "") -> None:
+    """Nested dicts/lists of tensors and Python scalars are equal, bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for k in a:
+            _tensors_equal(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _tensors_equal(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+@pytest.fixture
+def one_thread():  # noqa: ANN201
+    # Tiny models run fastest on one thread, and on a shared 2-core machine two threads can be 8x slower.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_the_training_loop_resumes_a_gan_run_exactly(tmp_path: Path, one_thread: None) -> None:
+    """vqkit's loop with l1+patchgan: a run stopped by Ctrl-C and resumed ends with the same model weights and
+    the same discriminator and discriminator optimizer as an uninterrupted one."""
+    import os
+    import signal
+
+    from vqkit.training import TrainConfig, train
+    from vqkit.training.checkpoint import state_path_for
+
+    common = dict(
+        steps=8,
+        batch_size=16,
+        log_every=4,
+        eval_every=0,
+        eval_images=16,
+        checkpoint_every=4,
+        loss="l1+patchgan:0.1",
+        loss_options={"patchgan": {"start": 2, **SMALL_GAN}},
+        progress=False,
+    )
+    full = train(TrainConfig(**common, out=str(tmp_path / "full")))
+
+    def ctrl_c_at_step_4(step: int, model: object) -> None:
+        if step == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = train(TrainConfig(**common, out=str(tmp_path / "cut")), callback=ctrl_c_at_step_4)
+    assert cut.interrupted and cut.step == 4
+    model_file = tmp_path / "cut" / "model.safetensors"
+    train(TrainConfig(**common, init_from=str(model_file), resume=True))
+    resumed, reference = vqkit.load(model_file).state_dict(), vqkit.load(full.model_path).state_dict()
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+    states = [torch.load(state_path_for(p), weights_only=True) for p in (model_file, full.model_path)]
+    assert states[0]["objectives"]["patchgan"]["discriminator"]  # the discriminator was checkpointed
+    _tensors_equal(states[0]["objectives"], states[1]["objectives"], "objectives")

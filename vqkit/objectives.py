@@ -84,9 +84,13 @@ def _weight(text: str, term: str, spelling: str) -> float:
     try:
         w = float(text)
     except ValueError:
-        raise OptionError(f"loss {spelling!r}: weight {text!r} of {term!r} is not a number") from None
+        raise OptionError(
+            f"loss {spelling!r}: weight {text!r} of {term!r} is not a number", param="loss"
+        ) from None
     if not math.isfinite(w) or w < 0:
-        raise OptionError(f"loss {spelling!r}: weight of {term!r} must be a finite number >= 0, got {text}")
+        raise OptionError(
+            f"loss {spelling!r}: weight of {term!r} must be a finite number >= 0, got {text}", param="loss"
+        )
     return w
 
 
@@ -99,7 +103,9 @@ def _inline_options(text: str, term: str, spelling: str) -> dict[str, Any]:
             continue
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise OptionError(f"loss {spelling!r}: option {item.strip()!r} of {term!r} is not KEY=VALUE")
+            raise OptionError(
+                f"loss {spelling!r}: option {item.strip()!r} of {term!r} is not KEY=VALUE", param="loss"
+            )
         out[key.strip()] = parse_value(value.strip())
     return out
 
@@ -108,20 +114,23 @@ def parse_loss(text: str) -> list[tuple[str, float, dict[str, Any]]]:
     """``"l1+lpips:0.1+patchgan(start=500):0.1"`` -> ``[("l1", 1.0, {}), ("lpips", 0.1, {}),
     ("patchgan", 0.1, {"start": 500})]``. Names are not looked up here; errors name the problem."""
     if not isinstance(text, str) or not text.strip():
-        raise OptionError("loss must name at least one objective, e.g. 'mse' or 'l1+lpips:0.1'")
+        raise OptionError("loss must name at least one objective, e.g. 'mse' or 'l1+lpips:0.1'", param="loss")
     if text.count("(") != text.count(")"):
-        raise OptionError(f"loss {text!r}: unbalanced parentheses")
+        raise OptionError(f"loss {text!r}: unbalanced parentheses", param="loss")
     terms: list[tuple[str, float, dict[str, Any]]] = []
     for raw in _split_top(text, "+"):
         m = _TERM.match(raw)
         if not raw.strip() or m is None:
             raise OptionError(
                 f"loss {text!r}: cannot read term {raw.strip()!r}; write NAME or NAME:WEIGHT, "
-                "terms joined by '+' (e.g. 'l1+lpips:0.1')"
+                "terms joined by '+' (e.g. 'l1+lpips:0.1')",
+                param="loss",
             )
         name, opts, weight = m.group(1), m.group(2), m.group(3)
         if any(name == t[0] for t in terms):
-            raise OptionError(f"loss {text!r}: objective {name!r} appears twice; give it one weight")
+            raise OptionError(
+                f"loss {text!r}: objective {name!r} appears twice; give it one weight", param="loss"
+            )
         w = 1.0 if weight is None else _weight(weight, name, text)
         terms.append((name, w, _inline_options(opts, name, text) if opts else {}))
     return terms
@@ -264,7 +273,8 @@ def build_loss(
     for name in options:
         if name not in names:
             raise OptionError(
-                f"options given for objective {name!r}, which is not in loss {format_loss(terms)!r}"
+                f"options given for objective {name!r}, which is not in loss {format_loss(terms)!r}",
+                param="loss_options",
             )
     built: list[tuple[str, float, Objective]] = []
     for name, weight, inline in terms:

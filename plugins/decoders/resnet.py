@@ -36,6 +36,10 @@ class ResNetDecoder(Decoder):
     to [-1, 1] (straight-through in training, so gradients never vanish at the range's ends).
     """
 
+    # The options this decoder takes from the encoder when built as its mirror (no decoder named): a model
+    # builder that honours it passes the encoder's values of these unless the decoder's are given.
+    mirror_options = ("downsample", "widths", "blocks", "attention", "norm_groups")
+
     def __init__(
         self,
         latent_dim: int,
