@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from vqkit.data.augment import NO_AUGMENT, Augment
-from vqkit.data.common import DataError
-from vqkit.data.decode import DecodeSpec, Item, decode_batch
-from vqkit.data.folder import DataWarning
+from vqkit.data.common import DataError, DataWarning, warn_if_batch_exceeds
+from vqkit.data.decode import DecodeSpec, Item, decode_batch, decode_item
 from vqkit.data.sources import StreamSource
 from vqkit.data.workers import DecodePool
 from vqkit.errors import OptionError, VQKitError
@@ -92,6 +91,7 @@ class StreamingData:
         self.source = source
         self.local_batch = batch_size // world
         self.order = StepOrder(len(source), self.local_batch, seed=seed, rank=rank, world=world)
+        warn_if_batch_exceeds(len(source), batch_size, source.where)
         self.spec = DecodeSpec(channels, image_size, augment or NO_AUGMENT, seed, skip_bad)
         self.device = torch.device(device)
         self.channels_last = channels_last
@@ -179,15 +179,22 @@ class StreamingData:
         return images
 
     def read_all(self, limit: int | None = None) -> np.ndarray:
-        """The first ``limit`` samples in the source's order, centre-cropped, without augmentation, as uint8
-        ``[N, C, S, S]`` (for evaluation on a held-out split; decoded here, in one go)."""
-        n = len(self.source) if limit is None else min(limit, len(self.source))
-        spec = DecodeSpec(self.spec.channels, self.spec.image_size, NO_AUGMENT, 0, self.spec.skip_bad)
-        try:
-            images, _ = decode_batch([self.source.item(0, i) for i in range(n)], spec)
-        except VQKitError as exc:
-            raise DataError(str(exc)) from exc
-        return images
+        """The first ``limit`` readable samples in the source's order, centre-cropped, without augmentation,
+        as uint8 ``[N, C, S, S]`` (evaluation images from a held-out split; decoded here, one by one)."""
+        spec = DecodeSpec(self.spec.channels, self.spec.image_size)
+        want = len(self.source) if limit is None else min(limit, len(self.source))
+        out = []
+        for i in range(len(self.source)):
+            if len(out) == want:
+                break
+            try:
+                out.append(decode_item(self.source.item(0, i), spec))
+            except VQKitError as exc:
+                if not self.spec.skip_bad:
+                    raise DataError(f"{exc} (skip_bad, --skip-bad, leaves such files out)") from exc
+        if not out:
+            raise DataError(f"none of the images of {self.source.where} could be read")
+        return np.stack(out)
 
     def _close_pool(self) -> None:
         if self._pool is not None:
