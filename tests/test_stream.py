@@ -209,3 +209,25 @@ def test_pack_refuses_foreign_folders_and_counts_what_it_skips(tmp_path: Path) -
     assert (tmp_path / "out" / "notes.txt").read_text() == "mine"
     refused = run(cli, ["data", "pack", str(root), "-o", str(root / "c0"), "--skip-bad"])
     assert refused.exit_code == 1 and "never overwrites" in refused.output
+
+
+def test_in_memory_augmentation_crops_and_flips_as_drawn() -> None:
+    import torch.nn.functional as F
+
+    from vqkit.data.augment_batch import augment_batch
+
+    x = torch.rand(16, 3, 8, 8)
+    samples = [(2, i) for i in range(16)]
+    crop = Augment(scale=(0.25, 0.25), ratio=(1, 1), flip=True)
+    out = augment_batch(x, samples, crop, seed=1)
+    assert torch.equal(out, augment_batch(x, samples, crop, seed=1))  # a pure function of the draws
+    for k, (epoch, index) in enumerate(samples):
+        (left, top, right, bottom), flip = crop.draw(1, epoch, index, 8, 8)
+        assert (right - left, bottom - top) == (4, 4)
+        ref = F.interpolate(x[k : k + 1, :, top:bottom, left:right], size=(8, 8), mode="bilinear")
+        ref = ref.flip(-1) if flip else ref
+        # inside, the 4x4 crop scaled up 2x; the border rows also blend in the pixels just outside the crop
+        torch.testing.assert_close(out[k : k + 1, :, 1:-1, 1:-1], ref[..., 1:-1, 1:-1])
+    flips = augment_batch(x, samples, Augment(flip=True), seed=1)
+    mirrored = [torch.equal(flips[k], x[k].flip(-1)) for k in range(16)]
+    assert all(m or torch.equal(flips[k], x[k]) for k, m in enumerate(mirrored)) and 0 < sum(mirrored) < 16
