@@ -37,5 +37,7 @@ def augment_batch(
         flips = theta[:, 0, 0] < 0
         return torch.where(flips.to(x.device)[:, None, None, None], x.flip(-1), x)
     grid = F.affine_grid(theta.to(x.device), [b, x.shape[1], h, w], align_corners=False)
-    out = F.grid_sample(x.float(), grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    out = F.grid_sample(
+        x.float(), grid.to(x.dtype), mode="bilinear", padding_mode="border", align_corners=False
+    )
     return out.to(x.dtype)

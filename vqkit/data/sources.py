@@ -27,6 +27,7 @@ class StreamSource:
 
     kind = "?"
     where = ""
+    names: NameTable
 
     def __len__(self) -> int:
         return len(self.names)
@@ -39,8 +40,6 @@ class StreamSource:
 
     def item(self, epoch: int, i: int) -> tuple[int, int, str, tuple]:
         return (epoch, i, self.name(i), self.location(i))
-
-    names: NameTable
 
 
 def _keep(names: list[str], split: str, what: str) -> np.ndarray:
@@ -106,12 +105,11 @@ def open_source(source: str | os.PathLike[str], split: str = "train") -> StreamS
     text = os.fspath(source)
     path = Path(text).expanduser()
     if path.is_dir():
-        has_images = any(
-            os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES
-            for f in os.listdir(path)
-            if not f.startswith(".")
-        )
-        if not has_images and any(path.glob("*.tar")):
+        # A folder of shards (what vqkit data pack writes): .tar files, and no images or sub-folders beside them.
+        entries = [e for e in os.scandir(path) if not e.name.startswith(".")]
+        tars = [e for e in entries if e.name.endswith(".tar") and e.is_file()]
+        other = [e for e in entries if e.is_dir() or os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES]
+        if tars and not other:
             return ShardSource(str(path), split)
         return FolderSource(path, split)
     if looks_like_shards(text) or any(c in text for c in "*?["):

@@ -93,6 +93,7 @@ class StreamingData:
         self.order = StepOrder(len(source), self.local_batch, seed=seed, rank=rank, world=world)
         warn_if_batch_exceeds(len(source), batch_size, source.where)
         self.spec = DecodeSpec(channels, image_size, augment or NO_AUGMENT, seed, skip_bad)
+        self.channels, self.image_size = channels, image_size
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.workers = workers
