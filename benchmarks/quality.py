@@ -9,7 +9,7 @@ Two recipes, one per run of the script, so only the quantizer differs between ro
 - ``--recipe plain`` (default): a plain Adam loop at a constant lr over ``VQVAE.forward(x).loss``
   (reconstruction MSE + the quantizer's loss), the quantizer issue's protocol (2000 steps, lr 1e-3).
 - ``--recipe vqkit``: ``vqkit.training.train``, what ``vqkit train`` runs: its default steps, lr, warm-up and
-  cosine schedule (``vqkit.training.DEFAULTS``) unless ``--steps``/``--lr`` are given. The warm-up by itself
+  cosine schedule (``vqkit.training.TrainConfig``) unless ``--steps``/``--lr`` are given. The warm-up by itself
   decides whether the decoder survives the first steps, so this is the table the default model is chosen on.
 
 Every run is shown, collapsed or not. The plain recipe adds a ``no-quantizer`` row: the same encoder straight
@@ -35,7 +35,7 @@ import torch
 import vqkit
 from vqkit.data import load_mnist5k
 from vqkit.evaluate import evaluate
-from vqkit.training import DEFAULTS, TrainConfig
+from vqkit.training import TrainConfig
 
 NO_QUANTIZER = "none"
 
@@ -175,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     vq_recipe = args.recipe == "vqkit"
     if args.steps is None:
-        args.steps = DEFAULTS["steps"] if vq_recipe else 2000
+        args.steps = TrainConfig().steps if vq_recipe else 2000
     if args.lr is None:
-        args.lr = DEFAULTS["lr"] if vq_recipe else 1e-3
+        args.lr = TrainConfig().lr if vq_recipe else 1e-3
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = {s for s in args.only.split(",") if s}
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         f"conv3 encoder/decoder, mnist5k (4500 train / 500 held-out, 1x32x32), {args.steps} steps, "
         f"batch {args.batch}, Adam lr {args.lr:g}"
         + (
-            f" after {DEFAULTS['warmup_steps']} warm-up steps, cosine (vqkit train's recipe)"
+            f" after {TrainConfig().warmup_steps} warm-up steps, cosine (vqkit train's recipe)"
             if vq_recipe
             else ""
         )

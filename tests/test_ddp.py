@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 import vqkit
-from vqkit.training import TrainConfig, default_model, run_ddp_cpu
+from vqkit.training import TrainConfig, run_ddp_cpu
 from vqkit.training.batches import Batches
 
 
@@ -24,9 +24,8 @@ def test_ranks_read_disjoint_shards_that_cover_the_data() -> None:
 
 
 def test_two_processes_end_with_identical_weights_and_codebook(tmp_path: Path) -> None:
-    model = default_model()
     # k-means init on the first batch and dead-code restarts from step 2 on: both must agree across ranks
-    model["quantizer_options"] = {"init": "kmeans", "restart_after": 2}
+    model = {"quantizer_options": {"init": "kmeans", "restart_after": 2}}
     config = TrainConfig(
         model=model,
         steps=6,

@@ -15,9 +15,9 @@ from generation_fixture import (
 from PIL import Image
 
 from vqkit.errors import OptionError, ShapeError
-from vqkit.generate import interpolate, sample_codes, sample_images, uniform_codes
+from vqkit.generation.prior import CodePrior, PriorSpec, model_fingerprint, save_prior
+from vqkit.generation.sampling import interpolate, sample_codes, sample_images, uniform_codes
 from vqkit.images import to_uint8, write_image
-from vqkit.prior import CodePrior, PriorSpec, model_fingerprint, save_prior
 
 
 def tiny_prior(model) -> CodePrior:

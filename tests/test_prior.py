@@ -15,8 +15,15 @@ from safetensors.torch import load_file
 
 import vqkit
 from vqkit.errors import ModelFileError, OptionError, ShapeError
-from vqkit.prior import CodePrior, PriorSpec, PriorWarning, check_prior_fits, load_prior, save_prior
-from vqkit.prior_training import PriorTrainConfig, encode_images, train_prior
+from vqkit.generation.prior import (
+    CodePrior,
+    PriorSpec,
+    PriorWarning,
+    check_prior_fits,
+    load_prior,
+    save_prior,
+)
+from vqkit.generation.training import PriorTrainConfig, encode_images, train_prior
 
 SMALL = dict(width=32, layers=1, heads=2, dropout=0.0, batch_size=64, lr=3e-3, warmup=10)
 
@@ -40,28 +47,26 @@ def test_a_briefly_trained_prior_beats_the_uniform_prior_on_held_out_codes(tmp_p
     assert float(prior.bits_per_image(codes).mean()) == pytest.approx(result.test_bits, rel=1e-4)
 
 
-def test_an_interrupted_run_resumes_exactly_where_it_stopped(tmp_path: Path, monkeypatch) -> None:
+def test_an_interrupted_run_resumes_exactly_where_it_stopped(tmp_path: Path) -> None:
     cfg = dict(steps=30, eval_every=10, **{**SMALL, "dropout": 0.1})
     train_prior(
         tiny_model_file(), tmp_path / "straight", PriorTrainConfig(**cfg), device="cpu", progress=False
     )
 
-    import vqkit.prior_training as pt
-
-    real_lr = pt._lr_at
-
-    def crash_after_step_20(step: int, c: PriorTrainConfig) -> float:
+    def crash_at_step_24(step: int) -> None:  # a crash between the checkpoints at 20 and 30
         if step == 24:
             raise KeyboardInterrupt
-        return real_lr(step, c)
 
-    monkeypatch.setattr(pt, "_lr_at", crash_after_step_20)
     with pytest.raises(KeyboardInterrupt):
         train_prior(
-            tiny_model_file(), tmp_path / "resumed", PriorTrainConfig(**cfg), device="cpu", progress=False
+            tiny_model_file(),
+            tmp_path / "resumed",
+            PriorTrainConfig(**cfg),
+            device="cpu",
+            progress=False,
+            callback=crash_at_step_24,
         )
-    monkeypatch.setattr(pt, "_lr_at", real_lr)
-    with pytest.raises(OptionError, match="--resume"):
+    with pytest.raises(OptionError, match="`resume`"):
         train_prior(
             tiny_model_file(), tmp_path / "resumed", PriorTrainConfig(**cfg), device="cpu", progress=False
         )

@@ -163,13 +163,20 @@ def test_user_mistakes_are_one_clear_line(tmp_path: Path) -> None:
     assert code == 1 and "no data source" in text
 
 
-def test_default_options_carry_over_only_to_the_default_component() -> None:
-    from vqkit.training import DEFAULTS
-    from vqkit.training.setup import model_kwargs
-
-    default_q = DEFAULTS["model"]["quantizer"]
-    kept = model_kwargs({"quantizer_options": {"beta": 0.5}})
-    assert kept["quantizer"] == default_q
-    assert kept["quantizer_options"] == {**DEFAULTS["model"]["quantizer_options"], "beta": 0.5}
-    other = next(name for name in vqkit.quantizers.names() if name != default_q)
-    assert model_kwargs({"quantizer": other})["quantizer_options"] == {}
+def test_build_and_train_give_the_same_model(tmp_path: Path) -> None:
+    """The same options give the same model through vqkit.build_model, `vqkit build` and `vqkit train`."""
+    built = tmp_path / "built.safetensors"
+    code, text = _run(["build", "--channels", "1", "--image-size", "32", "-o", str(built)])
+    assert code == 0, text
+    code, text = _run(["train", "--steps", "1", "--eval-every", "0", "-o", str(tmp_path / "run"), *FAST])
+    assert code == 0, text
+    specs = [
+        vqkit.load(built).spec,
+        vqkit.load(tmp_path / "run" / "model.safetensors").spec,
+        vqkit.build_model(channels=1, image_size=32).spec,
+    ]
+    for part in ("encoder", "quantizer", "decoder"):
+        assert len({getattr(s, part) for s in specs}) == 1, part
+        options = [json.dumps(getattr(s, f"{part}_options"), sort_keys=True) for s in specs]
+        assert len(set(options)) == 1, (part, options)
+    assert len({(s.latent_dim, s.codebook_size) for s in specs}) == 1

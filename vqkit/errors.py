@@ -17,7 +17,12 @@ class DuplicateComponentError(VQKitError):
 
 
 class OptionError(VQKitError):
-    pass
+    """A bad option value. ``param`` names the parameter (``lr``, ``latent_dim``) so that a front end can say it
+    in its own terms (the CLI names the flag)."""
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelFileError(VQKitError):

@@ -106,8 +106,8 @@ def evaluate_source(
     """``vqkit eval``: load a model file and a data source (converted to the model's channels and size),
     and return :func:`evaluate`'s report with the model, data and split named in it."""
     from vqkit.data import load_images
+    from vqkit.device import resolve_device
     from vqkit.modelfile import load, read_spec
-    from vqkit.training.device import resolve_device
 
     spec, _ = read_spec(model_path)
     dev = resolve_device(device)
@@ -144,9 +144,9 @@ def reconstruct_files(
     Files are converted to the model's channels and resized/cropped to its size; a file smaller than that
     is an error naming it."""
     from vqkit.data import DataError
+    from vqkit.device import resolve_device
     from vqkit.images import read_image
     from vqkit.modelfile import load, read_spec
-    from vqkit.training.device import resolve_device
 
     spec, _ = read_spec(model_path)
     size = spec.image_size

@@ -1,11 +1,14 @@
-"""``vqkit prior train``, ``vqkit sample`` and ``vqkit interpolate``: thin shells over vqkit.prior_training and
-vqkit.generate. torch is imported inside the commands only, so ``vqkit`` starts without it."""
+"""``vqkit prior train``, ``vqkit sample`` and ``vqkit interpolate``: thin shells over vqkit.generation.training and
+vqkit.generation. torch is imported inside the commands only, so ``vqkit`` starts without it."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
+
+from vqkit.cli.options import as_flags, device_option
 
 MODEL = click.Path(dir_okay=False, path_type=Path)
 
@@ -20,10 +23,28 @@ def prior_group() -> None:
 @click.option(
     "--data", default="mnist5k", show_default=True, help="mnist5k, a folder of images, or a dataset name."
 )
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Folder for the prior run.")
-@click.option("--steps", type=click.IntRange(min=1), default=1500, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    "--out",
+    "out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder for the prior run.",
+)
+@click.option(
+    "--steps", type=click.IntRange(min=1), default=1500, show_default=True, help="Optimizer steps in all."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=128, show_default=True, help="Code maps per step."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Peak learning rate.",
+)
 @click.option(
     "--eval-every",
     type=click.IntRange(min=1),
@@ -32,12 +53,20 @@ def prior_group() -> None:
     help="Steps between held-out evaluations and checkpoints.",
 )
 @click.option("--width", type=click.IntRange(min=1), default=96, show_default=True, help="Transformer width.")
-@click.option("--layers", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--dropout", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--resume", is_flag=True, help="Continue the run in --out (to --steps in all).")
+@click.option(
+    "--layers", type=click.IntRange(min=1), default=3, show_default=True, help="Transformer blocks."
+)
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True, help="Attention heads.")
+@click.option(
+    "--dropout",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.1,
+    show_default=True,
+    help="Dropout rate.",
+)
+@device_option
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for weights and batch order.")
+@click.option("--resume", is_flag=True, help="Continue the run in --output (to --steps in all).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def prior_train(
     model: Path, out: Path, device: str, resume: bool, no_progress: bool, **options: object
@@ -45,13 +74,25 @@ def prior_train(
     """Train a prior over MODEL's codes of --data; report held-out bits per image against the uniform prior.
 
     \b
-    Example: vqkit prior train runs/a/model.safetensors --data mnist5k --out runs/a/prior
-    Writes OUT/prior.safetensors, OUT/checkpoint.safetensors (for --resume) and OUT/metrics.jsonl.
+    Example: vqkit prior train runs/a/model.safetensors --data mnist5k -o runs/a/prior
+    Writes OUT/prior.safetensors, OUT/train_state.pt (for --resume) and OUT/metrics.jsonl. Ctrl-C or
+    SIGTERM checkpoints and stops; --resume continues exactly.
     """
-    from vqkit.prior_training import PriorTrainConfig, train_prior
+    from vqkit.errors import OptionError
+    from vqkit.generation.training import PriorTrainConfig, train_prior
 
     cfg = PriorTrainConfig(**options)  # type: ignore[arg-type]
-    train_prior(model, out, cfg, device=device, resume=resume, progress=not no_progress, log=click.echo)
+    flags = {name: f"--{name.replace('_', '-')}" for name in (*options, "resume", "device")}
+    flags["out"] = "--output"
+    try:
+        result = train_prior(
+            model, out, cfg, device=device, resume=resume, progress=not no_progress, log=click.echo
+        )
+    except OptionError as exc:
+        raise as_flags(exc, flags) from None
+    if result.interrupted:
+        click.echo(f"stopped at step {result.step}; continue with --resume", err=True)
+        sys.exit(143 if result.signal_name == "SIGTERM" else 130)
 
 
 def _read_pictures(paths: tuple[Path, ...], model: object) -> object:
@@ -85,7 +126,7 @@ def _read_pictures(paths: tuple[Path, ...], model: object) -> object:
 )
 @click.option("--prefix-rows", type=click.IntRange(min=0), default=1, show_default=True)
 @click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per row [default: square].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 def sample(
     model: Path,
     prior: str,
@@ -107,7 +148,7 @@ def sample(
     import torch
 
     from vqkit.errors import OptionError
-    from vqkit.generate import sample_images
+    from vqkit.generation.sampling import sample_images
     from vqkit.images import write_grid
     from vqkit.modelfile import load
 
@@ -136,7 +177,7 @@ def sample(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Strip PNG."
 )
 @click.option("--with-inputs", is_flag=True, help="Put the two input images at the ends of the strip.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@device_option
 def interpolate(
     model: Path, image_a: Path, image_b: Path, steps: int, output: Path, with_inputs: bool, device: str
 ) -> None:
@@ -147,8 +188,8 @@ def interpolate(
     """
     import numpy as np
 
-    from vqkit.generate import interpolate as interpolate_latents
-    from vqkit.generate import resolve_device
+    from vqkit.generation.sampling import interpolate as interpolate_latents
+    from vqkit.generation.sampling import resolve_device
     from vqkit.images import to_float, write_grid
     from vqkit.modelfile import load
 

@@ -1,7 +1,8 @@
 """Training: ``vqkit.training.train(TrainConfig(...))`` is what ``vqkit train`` runs.
 
-The default model and recipe live in :data:`DEFAULTS` (one constant). The loop (and torch) load on first use,
-so the CLI can read the defaults without importing torch.
+Every setting and its default lives in :class:`TrainConfig`; the model's defaults are the components' own (the
+same as ``vqkit build`` gives). The loop (and torch) load on first use, so the CLI can read the config's
+fields without importing torch.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from vqkit.training.config import DEFAULTS, TrainConfig, default_model
+from vqkit.training.config import TrainConfig
 
 _LAZY = {
     "train": "vqkit.training.loop",
@@ -18,7 +19,7 @@ _LAZY = {
     "run_ddp_cpu": "vqkit.training.spawn",
 }
 
-__all__ = ["DEFAULTS", "TrainConfig", "default_model", *_LAZY]
+__all__ = ["TrainConfig", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,132 +1,181 @@
-"""What a training run is told: the default recipe (one constant) and the config the CLI fills."""
+"""What a training run is told, in ONE place: :class:`TrainConfig`'s fields, their defaults and help texts.
+
+``vqkit train`` derives its options from these fields (a field's ``metadata`` gives its help and, where the
+flag is not simply ``--field-name``, its flag), so a default changed here changes the CLI too. A run's resolved
+config is written as ``config.toml`` in its folder and can be given back with ``vqkit train --config FILE``.
+"""
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+import math
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from vqkit.errors import OptionError
 
-# The default model and recipe of `vqkit train` with no arguments, in ONE place: the CLI, the README and the
-# quantizer family's recommendation read it from here. Sized so that on a 2-core CPU the whole run (data,
-# training, evaluation) takes well under 3 minutes on mnist5k; see README "Training".
-DEFAULTS: dict[str, Any] = {
-    "model": {
-        "encoder": "conv3",
-        "quantizer": "vq",
-        "decoder": None,  # the encoder's mirror
-        "latent_dim": None,  # the quantizer's default
-        "codebook_size": None,
-        "encoder_options": {},
-        # vq's own defaults are the seed's plain quantizer, which collapses to a few codes in training; k-means
-        # init and dead-code restarts keep the codebook in use (the quantizer family's recommendation may
-        # replace this whole entry).
-        "quantizer_options": {"init": "kmeans", "restart_after": 50},
-        "decoder_options": {},
-    },
-    "data": "mnist5k",
-    "steps": 1500,
-    "batch_size": 128,
-    "lr": 2e-3,
-    # A long warm-up matters: at 2e-3 from step 50 the seed architecture's decoder died in our runs (MSE stuck
-    # at the all-background level), at 2e-3 after 200 warm-up steps it trained well.
-    "warmup_steps": 200,
-}
-
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
+# Fields that say where a run goes or where it starts from, not what it trains: left out of config files.
+RUN_CONTROL = ("init_from", "resume", "out", "progress")
 
 
-def default_model() -> dict[str, Any]:
-    """A fresh copy of the default model's ``build_model`` keyword arguments."""
-    return json.loads(json.dumps(DEFAULTS["model"]))
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
 class TrainConfig:
     """Everything a run needs. ``vqkit train`` fills it from its options; a Python user can fill it directly.
 
-    model:        ``vqkit.build_model`` keyword arguments for a NEW model (channels/image_size left out follow
-                  the data). Ignored when ``init_from`` names an existing model file.
-    init_from:    an existing model file to start from (fine-tuning: new optimizer, step 0); with ``resume``,
-                  the run whose training state lies beside it continues exactly where it stopped.
-    out:          the run folder (model.safetensors, train_state.pt, metrics.jsonl, recon_*.png);
-                  None: a new ``runs/run-N``.
-    batch_size:   images per step over all processes (each of W DDP processes takes batch_size / W).
-    eval_every:   evaluate on held-out images and write a reconstruction grid every N steps (0: only at
-                  the end). checkpoint_every: write model + training state every N steps (0: only at the end).
-    log_every:    read metrics back from the device every N steps (the step itself never waits on the host).
+    ``model`` holds :func:`vqkit.build_model` keyword arguments for a NEW model (``encoder``, ``quantizer``,
+    ``decoder``, ``latent_dim``, ``codebook_size``, ``preset``, ``PART_options``); what is left out is the
+    components' own defaults, exactly as ``vqkit build`` gives them. ``channels`` and ``image_size`` left None
+    follow the data. ``init_from`` names an existing model file to start from (fine-tuning: new optimizer,
+    step 0); with ``resume`` the run whose training state lies beside it continues exactly where it stopped.
     """
 
-    model: dict[str, Any] = field(default_factory=default_model)
-    init_from: str | None = None
-    resume: bool = False
-    data: str = DEFAULTS["data"]
-    data_root: str | None = None
-    download: bool = False
-    skip_bad: bool = False
-    channels: int | None = None
-    image_size: int | None = None
-    out: str | None = None
-    steps: int = DEFAULTS["steps"]
-    batch_size: int = DEFAULTS["batch_size"]
-    lr: float = DEFAULTS["lr"]
-    betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = 0.0
-    warmup_steps: int = DEFAULTS["warmup_steps"]
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.0
-    grad_clip: float | None = None
-    eval_every: int = 500
-    eval_images: int = 1000
-    checkpoint_every: int = 500
-    log_every: int = 25
-    device: str = "auto"
-    precision: str = "fp32"
-    compile: bool = False
-    channels_last: bool | None = None
-    seed: int = 0
-    progress: bool = True
+    model: dict[str, Any] = _f({}, "build_model keyword arguments of a new model", cli=False)
+    init_from: str | None = _f(
+        None, "Start from this model file (with --resume: continue its run).", flag="--model"
+    )
+    resume: bool = _f(False, "Continue the run of --model exactly where its last checkpoint stopped.")
+    data: str = _f(
+        "mnist5k", "mnist5k, a folder of images, or a torchvision dataset name (mnist, cifar10, ...)."
+    )
+    data_root: str | None = _f(
+        None, "Where torchvision datasets live [default: ~/.cache/vqkit or $VQKIT_DATA]."
+    )
+    download: bool = _f(False, "Download a torchvision dataset if it is not there yet.")
+    skip_bad: bool = _f(
+        False, "Leave out unreadable images of a folder (and say how many) instead of stopping."
+    )
+    channels: int | None = _f(None, "Image channels of a new model [default: from the data].", cli=False)
+    image_size: int | None = _f(None, "Image size of a new model [default: from the data].", cli=False)
+    out: str | None = _f(
+        None, "Run folder [default: runs/run-N, or the resumed run's].", flag="-o/--output/--out"
+    )
+    steps: int = _f(1500, "Total optimizer steps.")
+    batch_size: int = _f(128, "Images per step, over all processes.")
+    lr: float = _f(2e-3, "Peak learning rate (Adam).")
+    betas: tuple[float, float] = _f((0.9, 0.999), "Adam betas.")
+    weight_decay: float = _f(0.0, "Decoupled weight decay (AdamW).")
+    # A long warm-up matters: at lr 2e-3 from step 50 the conv3 decoder died in our runs (MSE stuck at the
+    # all-background level); after 200 warm-up steps it trained well. Short runs get a fifth of their length.
+    warmup_steps: int = _f(200, "Linear learning-rate warm-up, capped at a fifth of the run's steps.")
+    schedule: str = _f("cosine", "Learning rate after warm-up.", choices=SCHEDULES)
+    min_lr_ratio: float = _f(0.0, "Cosine floor as a fraction of the peak learning rate.")
+    grad_clip: float | None = _f(None, "Clip the gradient norm to this.")
+    loss: str = _f("mse", "Reconstruction objective: registered objectives with weights, e.g. l1+lpips:0.1.")
+    loss_options: dict[str, Any] = _f({}, "Options of each objective (--set loss.NAME.KEY=VALUE).", cli=False)
+    eval_every: int = _f(
+        500, "Evaluate on held-out images and write recon_STEP.png every N steps (0: at the end)."
+    )
+    eval_images: int = _f(1000, "Held-out images per evaluation.")
+    checkpoint_every: int = _f(500, "Write model + training state every N steps (0: at the end only).")
+    log_every: int = _f(25, "Read metrics back from the device every N steps (the only host sync).")
+    csv: bool = _f(False, "Also log metrics to metrics.csv in the run folder.")
+    tensorboard: bool = _f(False, "Also log metrics for TensorBoard (needs the tensorboard package).")
+    device: str = _f("auto", "auto, cpu, cuda, cuda:N or mps.")
+    precision: str = _f("fp32", "bf16: autocast (quantizer distances stay fp32).", choices=PRECISIONS)
+    compile: bool = _f(False, "torch.compile the model.")
+    channels_last: bool | None = _f(None, "Channels-last memory format [default: on for CUDA and CPU].")
+    seed: int = _f(0, "Seed for weights, data order and everything random.")
+    progress: bool = _f(True, "Show a progress bar.", cli=False)
 
     def validate(self) -> TrainConfig:
-        def positive(name: str, value: float, allow_zero: bool = False) -> None:
-            if value < 0 or (value == 0 and not allow_zero):
-                raise OptionError(
-                    f"{name} must be {'non-negative' if allow_zero else 'positive'}, got {value}"
-                )
-
-        positive("steps", self.steps)
-        positive("batch size", self.batch_size)
-        positive("learning rate", self.lr)
-        positive("log interval", self.log_every)
-        positive("eval interval", self.eval_every, allow_zero=True)
-        positive("eval images", self.eval_images, allow_zero=True)
-        positive("checkpoint interval", self.checkpoint_every, allow_zero=True)
-        positive("warm-up steps", self.warmup_steps, allow_zero=True)
-        positive("weight decay", self.weight_decay, allow_zero=True)
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise OptionError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise OptionError(f"min lr ratio must lie in [0, 1], got {self.min_lr_ratio}")
-        if self.schedule not in SCHEDULES:
-            raise OptionError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.precision not in PRECISIONS:
-            raise OptionError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        """Check every field; a mistake raises :class:`OptionError` naming the field (``param``)."""
+        for name in ("steps", "batch_size", "log_every"):
+            _number(self, name, minimum=1, integer=True)
+        for name in ("eval_every", "eval_images", "checkpoint_every", "warmup_steps"):
+            _number(self, name, minimum=0, integer=True)
+        _number(self, "lr", minimum=0, open_min=True)
+        _number(self, "weight_decay", minimum=0)
+        _number(self, "min_lr_ratio", minimum=0, maximum=1)
         if self.grad_clip is not None:
-            positive("gradient clip", self.grad_clip)
+            _number(self, "grad_clip", minimum=0, open_min=True)
+        betas = self.betas
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
+            raise OptionError(f"betas must be two numbers in [0, 1), got {betas!r}", param="betas")
+        if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
+            raise OptionError(f"betas must be two numbers in [0, 1), got {betas!r}", param="betas")
+        self.betas = (float(betas[0]), float(betas[1]))
+        for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
+            if getattr(self, name) not in allowed:
+                raise OptionError(
+                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}", param=name
+                )
+        if not isinstance(self.model, dict):
+            raise OptionError(
+                f"model must be a table of build_model arguments, got {self.model!r}", param="model"
+            )
         if self.resume and not self.init_from:
-            raise OptionError("--resume needs --model PATH: the model file of the run to continue")
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
+            raise OptionError("resume needs init_from: the model file of the run to continue", param="resume")
         return self
 
+    def warmup(self) -> int:
+        """The warm-up actually used: ``warmup_steps``, but at most a fifth of the run."""
+        return min(self.warmup_steps, self.steps // 5)
+
+    def to_dict(self, *, run_control: bool = True) -> dict[str, Any]:
+        data = asdict(self)
+        data["betas"] = list(self.betas)
+        return data if run_control else {k: v for k, v in data.items() if k not in RUN_CONTROL}
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, base: TrainConfig | None = None) -> TrainConfig:
+        """``base`` (or the defaults) with ``data`` on top; an unknown key is an error naming it."""
+        if not isinstance(data, dict):
+            raise OptionError(f"a training config must be a table of settings, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise OptionError(
+                f"unknown training setting(s) {', '.join(map(repr, unknown))}", param=unknown[0]
+            )
+        merged = {**(base or cls()).to_dict(), **data}
+        config = cls(**merged)
+        if isinstance(config.betas, list):
+            config.betas = tuple(config.betas)  # type: ignore[assignment]
+        return config
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
         data = json.loads(text)
         known = {f.name for f in fields(cls)}
-        config = cls(**{k: v for k, v in data.items() if k in known})
-        config.betas = tuple(config.betas)  # type: ignore[assignment]
-        return config
+        return cls.from_dict({k: v for k, v in data.items() if k in known})
+
+
+def _number(
+    config: TrainConfig,
+    name: str,
+    *,
+    minimum: float,
+    maximum: float = math.inf,
+    open_min: bool = False,
+    integer: bool = False,
+) -> None:
+    value = getattr(config, name)
+    kind = "an integer" if integer else "a number"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
+        raise OptionError(f"{name} must be {kind}, got {value!r}", param=name)
+    low = value <= minimum if open_min else value < minimum
+    if low or value > maximum:
+        bound = f"above {minimum:g}" if open_min else f"at least {minimum:g}"
+        if maximum != math.inf:
+            bound = f"between {minimum:g} and {maximum:g}"
+        raise OptionError(f"{name} must be {bound}, got {value!r}", param=name)
+
+
+def field_defaults() -> dict[str, Any]:
+    """Each field's default (what ``TrainConfig()`` holds)."""
+    out = {}
+    for f in fields(TrainConfig):
+        out[f.name] = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+    return out

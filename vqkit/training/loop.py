@@ -1,44 +1,48 @@
-"""The training loop: ``train(config) -> TrainResult``.
+"""Training a VQ-VAE: ``train(config) -> TrainResult``.
 
-Speed rules (issue 6): the data sit on the device (``Batches``); the step never waits on the host (metrics
-accumulate in a device tensor and are read back every ``log_every`` steps, a NaN is caught there too); fused
-Adam on CUDA; bf16 autocast with fp32 quantizer distances; channels-last on CUDA; optional torch.compile.
+Reading order: :func:`train` picks the device and process group; :class:`VQVAETrainer` sets up the model, the
+data, the objective and the run folder, and says what one step, a read-back, an evaluation and a checkpoint
+do; :func:`vqkit.training.engine.run_steps` (shared with the prior trainer) runs the steps.
+
+Speed rules: the data sit on the device; the step never waits on the host (metrics accumulate in a device
+tensor, read back every ``log_every`` steps); fused Adam on CUDA; bf16 autocast with fp32 quantizer distances;
+channels-last; optional torch.compile.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-import signal
-import threading
-import time
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vqkit import distributed as D
+from vqkit.device import autocast, check_precision, resolve_device, use_channels_last
 from vqkit.errors import VQKitError
 from vqkit.evaluate import evaluate, reconstruct
 from vqkit.images import write_grid
 from vqkit.model import VQVAE
-from vqkit.modelfile import load
-from vqkit.training.batches import Batches
-from vqkit.training.checkpoint import MODEL_NAME, load_state, restore_rng, save_checkpoint, state_path_for
+from vqkit.objectives import build_loss, decoder_last_layer
+from vqkit.training.checkpoint import MODEL_NAME, STATE_NAME, restore_rng, save_checkpoint
 from vqkit.training.config import TrainConfig
-from vqkit.training.device import autocast, check_precision, resolve_device, use_channels_last
-from vqkit.training.rundir import METRICS_NAME, MetricsLog, next_run_dir, prepare_run_dir
+from vqkit.training.configfile import CONFIG_NAME, write_config_toml
+from vqkit.training.data import open_training_data
+from vqkit.training.engine import Cadence, LoopEnd, Progress, Say, Window, run_steps
+from vqkit.training.health import collapse_warning
+from vqkit.training.rundir import METRICS_NAME, MetricsLog, RunLock, next_run_dir, prepare_run_dir
 from vqkit.training.schedule import lr_at
-from vqkit.training.setup import existing_model, load_training_images, new_model
+from vqkit.training.setup import describe_model, model_and_state
 
-STAT_KEYS = ("loss", "mse", "perplexity", "codes_used")
 GRID_IMAGES = 8
+RUN_FILES = (MODEL_NAME, STATE_NAME, METRICS_NAME)
 
 
 class TrainingDiverged(VQKitError):
@@ -56,9 +60,12 @@ class TrainResult:
     final: dict[str, Any] = field(default_factory=dict)  # held-out evaluation at the last step
     eval_split: str = "test"
     interrupted: bool = False
+    signal_name: str | None = None  # "SIGINT"/"SIGTERM" when a signal stopped the run
     resumed_from: int | None = None
     is_main: bool = True  # rank 0 (the process that wrote the files and should print)
     model: VQVAE | None = None
+    warnings: list[str] = field(default_factory=list)  # e.g. a collapsed codebook, with what to try
+    data_wait_share: float = 0.0  # share of the loop's time spent waiting for data
 
 
 def train(
@@ -68,8 +75,7 @@ def train(
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train a VQ-VAE as ``config`` says and return where everything went. ``callback(step, model)`` runs
-    after every step (tests use it; a Python user can watch a run with it); ``log`` receives a few lines
-    saying what is being trained, on what, and where it goes (rank 0 only)."""
+    after every step; ``log`` receives the run's header, one line per evaluation and warnings (rank 0 only)."""
     config.validate()
     device = resolve_device(config.device)
     if D.launched_by_torchrun() and device.type == "cuda":
@@ -77,258 +83,320 @@ def train(
     check_precision(config.precision, device)
     created_group = D.init_from_env(device)
     try:
-        return _train(config, device, callback, log)
+        torch.manual_seed(config.seed)
+        trainer = VQVAETrainer(config, device, log if D.rank() == 0 else None)
+        try:
+            end = trainer.run(callback)
+        finally:
+            trainer.close()
+        return trainer.result(end)
     finally:
         if created_group:
             D.destroy()
 
 
-def _train(
-    config: TrainConfig,
-    device: torch.device,
-    callback: Callable[[int, VQVAE], None] | None,
-    log: Callable[[str], None] | None,
-) -> TrainResult:
-    rank, world = D.rank(), D.world_size()
-    is_main = rank == 0
-    torch.manual_seed(config.seed)
+class VQVAETrainer:
+    """One VQ-VAE run: set up in the constructor, driven by :func:`run_steps`."""
 
-    # --- the model and the images --------------------------------------------------------------------------
-    state = None
-    if config.init_from:
-        spec, model_path = existing_model(config)
-        if config.resume:
-            state = load_state(state_path_for(model_path))
-            if state["spec"] != spec.to_json():
-                raise VQKitError(
-                    f"the training state beside {model_path} belongs to a different model than the file; "
-                    "it cannot be resumed (was one of them copied from another run?)"
-                )
-        train_images, held_out, split = load_training_images(config, spec.channels, spec.image_size)
-        model = load(model_path).train()
-    else:
-        train_images, held_out, split = load_training_images(config, config.channels, config.image_size)
-        model = new_model(config, channels=train_images.shape[1], image_size=train_images.shape[-1])
+    stat_names: tuple[str, ...]
 
-    run_dir = _run_dir(config, is_main)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        restore_rng(state)
-        start = int(state["step"])
-    else:
-        start = 0
-    if start >= config.steps:
-        raise VQKitError(
-            f"the run in {run_dir} already trained {start} steps (asked: {config.steps}); "
-            f"give --steps more than {start} to train further"
+    def __init__(self, config: TrainConfig, device: torch.device, log: Say | None) -> None:
+        self.config, self.device, self.say = config, device, log or (lambda _line: None)
+        self.rank, self.world = D.rank(), D.world_size()
+        self.is_main = self.rank == 0
+        model, state = model_and_state(config)
+        self.state = state
+        self.start = int(state["step"]) if state else 0
+        self.channels_last = use_channels_last(config.channels_last, device)
+        spec = model.spec if model is not None else None
+        self.data, self.held_out = open_training_data(
+            config,
+            spec.channels if spec else config.channels,
+            spec.image_size if spec else config.image_size,
+            device,
+            rank=self.rank,
+            world=self.world,
+            channels_last=self.channels_last,
         )
+        if model is None:
+            from vqkit.training.setup import new_model
 
-    channels_last = use_channels_last(config.channels_last, device)
-    model.to(device)
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(model, config, device)
-    if state is not None:
-        optimizer.load_state_dict(state["optimizer"])
-    net: nn.Module = model
-    if world > 1:
-        net = _wrap_ddp(model, device)
-    forward = torch.compile(net) if config.compile else net
+            model = new_model(config, self.data.channels, self.data.image_size)
+        self.model = model
+        self.run_dir, self.lock = self._run_dir()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            restore_rng(state)
+        if self.start >= config.steps:
+            raise VQKitError(
+                f"the run in {self.run_dir} already trained {self.start} steps (asked: {config.steps}); "
+                f"give more than {self.start} steps to train further"
+            )
+        self._build_step()
+        self.metrics = self._open_metrics()
+        self.final: dict[str, Any] = {}
+        self.warnings: list[str] = []
+        self._header()
 
-    batches = Batches(
-        train_images,
-        config.batch_size,
-        device,
-        seed=config.seed,
-        rank=rank,
-        world=world,
-        channels_last=channels_last,
-    )
-    metrics = MetricsLog(run_dir / METRICS_NAME, enabled=is_main, resume_step=start if state else None)
-    config_json = config.to_json()
-    if is_main:
-        metrics.write(
-            {
-                "step": start,
-                "event": "resume" if state else "start",
-                "images": len(train_images),
-                "world": world,
-                "device": str(device),
-                "config": config.to_json(),
-            }
+    # --- set-up --------------------------------------------------------------------------------------------
+    def _build_step(self) -> None:
+        config, model, device = self.config, self.model, self.device
+        model.to(device)
+        if self.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.optimizer = _optimizer(model, config, device)
+        self.loss_fn = build_loss(config.loss, config.loss_options, device)
+        if self.state is not None:
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.loss_fn.load_training_state(self.state.get("objectives") or {})
+        net: nn.Module = _wrap_ddp(model, device) if self.world > 1 else model
+        self.forward = torch.compile(net) if config.compile else net
+        self.last_layer = decoder_last_layer(model.decoder)
+        self.terms = tuple(getattr(self.loss_fn, "weights", {"mse": 1.0}))
+        extra = () if self.terms == ("mse",) else tuple(f"loss_{t}" for t in self.terms)
+        self.stat_names = ("loss", "mse", "perplexity", "codes_used", *extra)
+        self._zero = torch.zeros((), device=device)
+
+    def _run_dir(self) -> tuple[Path, RunLock | None]:
+        config = self.config
+        if config.out:
+            path = Path(config.out)
+        elif config.resume:
+            path = Path(config.init_from or "").parent
+        else:
+            path = next_run_dir() if self.is_main else Path()
+            if D.is_distributed():  # every rank must name the same folder
+                names = [str(path)]
+                torch.distributed.broadcast_object_list(names, src=0)
+                path = Path(names[0])
+        lock = None
+        if self.is_main:
+            resuming = config.resume and path == Path(config.init_from or "").parent
+            hint = f"continue it with `init_from` {path / MODEL_NAME} and `resume`, or choose another `out`"
+            lock = prepare_run_dir(path, resuming=resuming, owned=RUN_FILES, hint=hint)
+        D.barrier()
+        return path, lock
+
+    def _open_metrics(self) -> MetricsLog:
+        config, resumed = self.config, self.state is not None
+        sinks = []
+        if self.is_main and (config.csv or config.tensorboard):
+            from vqkit.metrics_sinks import open_sinks
+
+            sinks = open_sinks(
+                self.run_dir,
+                csv=config.csv,
+                tensorboard=config.tensorboard,
+                resume_step=self.start if resumed else None,
+            )
+        metrics = MetricsLog(
+            self.run_dir / METRICS_NAME,
+            enabled=self.is_main,
+            resume_step=self.start if resumed else None,
+            sinks=sinks,
         )
-
-    if log is not None and is_main:
-        sp = model.spec
-        h, w = model.grid
-        log(
-            f"model      {sp.encoder} + {sp.quantizer} + {sp.decoder}: {sp.channels}x{sp.image_size}x{sp.image_size} "
-            f"images -> {h}x{w} codes of {model.quantizer.codebook_size}"
-        )
-        log(
-            f"data       {config.data}: {len(train_images)} training images, {len(held_out)} for evaluation "
-            f"({split} split)"
-        )
-        what = f"resuming at step {start} of {config.steps}" if state else f"{config.steps} steps"
-        log(
-            f"training   {what}, batch {config.batch_size}, on {device}"
-            + (f" x {world}" if world > 1 else "")
-        )
-        log(f"run folder {run_dir}")
-
-    # --- the loop -----------------------------------------------------------------------------------------
-    acc = torch.zeros(len(STAT_KEYS) + 1, device=device)
-    first_bad = torch.full((), -1, dtype=torch.long, device=device)
-    one = torch.ones(1, device=device)
-    zero = torch.zeros((), device=device)
-    last_good = start if state else None
-    final: dict[str, Any] = {}
-    t0 = time.perf_counter()
-    t_window, window_images = t0, 0
-    step = start
-    interrupted = False
-    bar = _progress(config, start, is_main)
-    with _stop_on_sigint() as stop:
-        try:
-            for step in range(start, config.steps):
-                lr = lr_at(
-                    step,
-                    lr=config.lr,
-                    steps=config.steps,
-                    warmup=config.warmup_steps,
-                    schedule=config.schedule,
-                    min_lr_ratio=config.min_lr_ratio,
-                )
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                x = batches.get(step)
-                with autocast(config.precision, device):
-                    out = (
-                        forward(x) if not (config.compile and step == start) else _first_compiled(forward, x)
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                out.loss.backward()
-                if config.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-                optimizer.step()
-
-                loss = out.loss.detach().float()
-                stats = out.quantized.stats
-                row = [
-                    loss,
-                    out.recon_loss.detach().float(),
-                    *(
-                        torch.as_tensor(stats.get(k, zero), dtype=torch.float32, device=device)
-                        for k in STAT_KEYS[2:]
-                    ),
-                ]
-                acc += torch.cat([torch.stack(row), one])
-                first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(loss), step + 1)
-                done = step + 1
-                window_images += batches.local_batch * world
-                if bar is not None:
-                    bar.update(1)
-                if callback is not None:
-                    callback(done, model)
-
-                want_eval = done == config.steps or (config.eval_every and done % config.eval_every == 0)
-                want_ckpt = done == config.steps or (
-                    config.checkpoint_every and done % config.checkpoint_every == 0
-                )
-                # Under DDP every rank must stop at the same step: the flag is agreed on at a read-back.
-                stop_now = stop.requested if world == 1 else done % config.log_every == 0
-                if not (want_eval or want_ckpt or stop_now or done % config.log_every == 0):
-                    continue
-
-                # --- read back (the only host sync) -------------------------------------------------------
-                if world > 1:
-                    flags = torch.tensor([float(stop.requested)], device=device)
-                    D.all_reduce_max_(flags)
-                    stop_now = bool(flags.item())
-                D.all_reduce_sum_(acc)
-                D.all_reduce_max_(first_bad)
-                values = acc.tolist()
-                bad_step = int(first_bad)
-                if bad_step >= 0 or not all(math.isfinite(v) for v in values):
-                    where = f"at step {bad_step}" if bad_step >= 0 else f"before step {done}"
-                    if is_main:
-                        metrics.write({"step": done, "event": "diverged", "first_bad_step": bad_step})
-                    raise _diverged(f"the loss became NaN or infinite {where}", last_good, run_dir, config)
-                n = max(values[-1], 1.0)
-                means = dict(zip(STAT_KEYS, (v / n for v in values[:-1])))
-                acc.zero_()
-                now = time.perf_counter()
-                speed = window_images / max(now - t_window, 1e-9)
-                t_window, window_images = now, 0
-                record = {
-                    "step": done,
-                    "lr": lr,
-                    **means,
-                    "psnr": _psnr(means["mse"]),
-                    "images_per_s": speed,
-                    "elapsed_s": now - t0,
+        if self.is_main:
+            write_config_toml(self.run_dir / CONFIG_NAME, config.to_dict(run_control=False))
+            metrics.write(
+                {
+                    "step": self.start,
+                    "event": "resume" if resumed else "start",
+                    "images": getattr(self.data, "count", None),
+                    "world": self.world,
+                    "device": str(self.device),
+                    "config": config.to_dict(),
                 }
-                if is_main:
-                    metrics.write(record)
-                    if bar is not None:
-                        bar.set_postfix(
-                            loss=f"{means['loss']:.4f}",
-                            mse=f"{means['mse']:.4f}",
-                            ppl=f"{means['perplexity']:.1f}",
-                            codes=f"{means['codes_used']:.0f}",
-                            refresh=False,
-                        )
-                if want_eval and is_main:
-                    final = _evaluate(model, held_out, split, done, run_dir, metrics)
-                if (want_ckpt or stop_now) and is_main:
-                    if not _weights_finite(model):
-                        raise _diverged(
-                            f"a weight became NaN or infinite by step {done}", last_good, run_dir, config
-                        )
-                    save_checkpoint(run_dir, model, optimizer, done, config_json)
-                    last_good = done
-                if stop_now:
-                    interrupted = done < config.steps
-                    break
-        finally:
-            if bar is not None:
-                bar.close()
-    D.barrier()
-    seconds = time.perf_counter() - t0
-    done = step + 1 if config.steps > start else start
-    if is_main:
-        metrics.write(
-            {"step": done, "event": "interrupted" if interrupted else "end", "seconds": seconds, **final}
+            )
+        return metrics
+
+    def _header(self) -> None:
+        config, model = self.config, self.model
+        for line in describe_model(model):
+            self.say(line)
+        self.say(
+            f"data       {self.data.description}; {len(self.held_out.images)} held out ({self.held_out.split} split)"
         )
-    trained = (done - start) * config.batch_size
-    return TrainResult(
-        run_dir=run_dir,
-        model_path=run_dir / MODEL_NAME,
-        step=done,
-        steps=config.steps,
-        seconds=seconds,
-        images_per_second=trained / max(seconds, 1e-9),
-        final=final,
-        eval_split=split,
-        interrupted=interrupted,
-        resumed_from=start if state else None,
-        is_main=is_main,
-        model=model,
-    )
+        warm = config.warmup()
+        capped = (
+            f" (asked {config.warmup_steps}, capped at a fifth of the run)"
+            if warm < config.warmup_steps
+            else ""
+        )
+        what = f"resuming at step {self.start} of {config.steps}" if self.start else f"{config.steps} steps"
+        self.say(
+            f"training   {what}, batch {config.batch_size}, lr {config.lr:g} ({config.schedule}, warm-up {warm} "
+            f"steps{capped}), loss {self.loss_fn.spec}, on {self.device}"
+            + (f" x {self.world}" if self.world > 1 else "")
+            + (f", {config.precision}" if config.precision != "fp32" else "")
+        )
+        self.say(f"run folder {self.run_dir}")
 
+    # --- what the engine calls -----------------------------------------------------------------------------
+    def run(self, callback: Callable[[int, VQVAE], None] | None) -> LoopEnd:
+        config = self.config
+        progress = Progress(
+            config.progress and self.is_main, config.steps, self.start, "train", fallback=self.say
+        )
+        self.say, self.progress = progress.say, progress
+        try:
+            return run_steps(
+                self,
+                start=self.start,
+                cadence=Cadence(config.steps, config.log_every, config.eval_every, config.checkpoint_every),
+                device=self.device,
+                items_per_step=self.data.local_batch * self.world,
+                progress=progress,
+                callback=(lambda done: callback(done, self.model)) if callback else None,
+            )
+        finally:
+            progress.close()
 
-def _first_compiled(forward: Any, x: torch.Tensor) -> Any:
-    """The first call of a torch.compile'd model compiles it; a failure there (no C++ compiler, an op the
-    compiler cannot handle) is the user's choice of --compile, so it gets one clear line."""
-    try:
-        return forward(x)
-    except VQKitError:
-        raise
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise VQKitError(
-            f"--compile failed while compiling the model ({first}); run without --compile"
-        ) from exc
+    def step(self, step: int) -> torch.Tensor:
+        config = self.config
+        self.lr = lr_at(
+            step,
+            lr=config.lr,
+            steps=config.steps,
+            warmup=config.warmup(),
+            schedule=config.schedule,
+            min_lr_ratio=config.min_lr_ratio,
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        x = self.data.get(step)
+        with autocast(config.precision, self.device):
+            out = self._forward(x, step)
+            rec, terms = self.loss_fn(x, out.reconstruction, step=step, last_layer=self.last_layer)
+        loss = rec + out.quantized.loss
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.optimizer.step()
+        self.loss_fn.update(x, out.reconstruction.detach(), step=step)
+        stats = out.quantized.stats
+        mse = terms.get("mse")
+        if mse is None:
+            mse = F.mse_loss(out.reconstruction.detach().float(), x.float())
+        row = [loss.detach(), mse, stats.get("perplexity", self._zero), stats.get("codes_used", self._zero)]
+        if len(self.stat_names) > 4:
+            row += [terms[t] for t in self.terms]
+        return torch.stack([torch.as_tensor(v, dtype=torch.float32, device=self.device) for v in row])
+
+    def _forward(self, x: torch.Tensor, step: int) -> Any:
+        if not (self.config.compile and step == self.start):
+            return self.forward(x)
+        # The first call of a torch.compile'd model compiles it; a failure there (no C++ compiler, an op the
+        # compiler cannot handle) is the user's choice of compile, so it gets one clear line.
+        try:
+            return self.forward(x)
+        except VQKitError:
+            raise
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise VQKitError(
+                f"compile failed while compiling the model ({first}); train without compile"
+            ) from exc
+
+    def log(self, done: int, means: dict[str, float], window: Window) -> None:
+        record = {
+            "step": done,
+            "lr": self.lr,
+            **means,
+            "psnr": _psnr(means["mse"]),
+            "images_per_s": window.per_second,
+            "data_wait_s": self.data.wait_seconds,
+            "elapsed_s": window.elapsed,
+        }
+        self.metrics.write(record)
+        self.progress.show(
+            loss=f"{means['loss']:.4f}",
+            mse=f"{means['mse']:.4f}",
+            ppl=f"{means['perplexity']:.1f}",
+            codes=f"{means['codes_used']:.0f}",
+        )
+
+    def evaluate(self, done: int, say: Say) -> None:
+        if not self.is_main:
+            return
+        model, images = self.model, self.held_out.images
+        result = evaluate(model, images)
+        _, recon = reconstruct(model, images[:GRID_IMAGES])
+        grid_recon = _uint8(recon)
+        write_grid(
+            np.concatenate([images[:GRID_IMAGES], grid_recon]),
+            self.run_dir / f"recon_{done:06d}.png",
+            nrow=min(GRID_IMAGES, len(images)),
+        )
+        self.metrics.write({"step": done, "event": "eval", "split": self.held_out.split, **result})
+        self.final = result
+        say(
+            f"eval {done:>7}  held-out PSNR {result['psnr']:.2f} dB  MSE {result['mse']:.5f}  "
+            f"codes {result['codes_used']}/{result['codebook_size']}  perplexity {result['perplexity']:.1f}"
+        )
+        warning = collapse_warning(result, images[: len(grid_recon)], grid_recon)
+        if warning:
+            say(f"warning    {warning}")
+            if done == self.config.steps:
+                self.warnings.append(warning)
+
+    def checkpoint(self, done: int) -> None:
+        if self.is_main:
+            save_checkpoint(
+                self.run_dir,
+                self.model,
+                done,
+                optimizer=self.optimizer.state_dict(),
+                objectives=self.loss_fn.training_state(),
+                config=self.config.to_json(),
+            )
+
+    def weights_finite(self) -> bool:
+        values = self.model.state_dict().values()
+        return all(bool(torch.isfinite(p).all()) for p in values if p.is_floating_point())
+
+    def diverged(self, what: str, last_good: int | None) -> Exception:
+        self.metrics.write({"step": last_good or 0, "event": "diverged", "what": what})
+        kept = (
+            f"the last good checkpoint (step {last_good}) is {self.run_dir / MODEL_NAME}"
+            if last_good is not None
+            else "no checkpoint had been written yet"
+        )
+        return TrainingDiverged(
+            f"training stopped: {what}; {kept}. Try a lower lr (now {self.config.lr:g}), grad_clip, "
+            "or fp32 precision"
+        )
+
+    # --- the end -------------------------------------------------------------------------------------------
+    def result(self, end: LoopEnd) -> TrainResult:
+        if self.is_main:
+            record = {"step": end.step, "event": "interrupted" if end.interrupted else "end"}
+            self.metrics.write({**record, "seconds": end.seconds, **self.final})
+        trained = (end.step - self.start) * self.config.batch_size
+        return TrainResult(
+            run_dir=self.run_dir,
+            model_path=self.run_dir / MODEL_NAME,
+            step=end.step,
+            steps=self.config.steps,
+            seconds=end.seconds,
+            images_per_second=trained / max(end.seconds, 1e-9),
+            final=self.final,
+            eval_split=self.held_out.split,
+            interrupted=end.interrupted,
+            signal_name=end.signal_name,
+            resumed_from=self.start if self.state is not None else None,
+            is_main=self.is_main,
+            model=self.model,
+            warnings=self.warnings,
+            data_wait_share=self.data.wait_seconds / max(end.seconds, 1e-9),
+        )
+
+    def close(self) -> None:
+        self.data.close()
+        if getattr(self, "metrics", None) is not None:
+            self.metrics.close()
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
 
 
 def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
@@ -350,23 +418,6 @@ def _wrap_ddp(model: nn.Module, device: torch.device) -> nn.Module:
     )
 
 
-def _run_dir(config: TrainConfig, is_main: bool) -> Path:
-    if config.out:
-        path = Path(config.out)
-    elif config.resume:
-        path = Path(config.init_from or "").parent
-    else:
-        path = next_run_dir() if is_main else Path()
-        if D.is_distributed():  # every rank must name the same folder
-            names = [str(path)]
-            torch.distributed.broadcast_object_list(names, src=0)
-            path = Path(names[0])
-    if is_main:
-        prepare_run_dir(path, resuming=config.resume and path == Path(config.init_from or "").parent)
-    D.barrier()
-    return path
-
-
 def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     # AdamW with weight_decay=0 is Adam; decoupled decay is the form that behaves with Adam when asked for.
     # fused=True on CUDA runs the whole update in one kernel per dtype group.
@@ -376,70 +427,9 @@ def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> t
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **kwargs)
 
 
-def _psnr(mse: float) -> float:
-    return 10 * math.log10(4.0 / mse) if mse > 0 and math.isfinite(mse) else math.inf
-
-
-def _weights_finite(model: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in model.state_dict().values() if p.is_floating_point())
-
-
-def _diverged(what: str, last_good: int | None, run_dir: Path, config: TrainConfig) -> TrainingDiverged:
-    kept = (
-        f"the last good checkpoint (step {last_good}) is {run_dir / MODEL_NAME}"
-        if last_good is not None
-        else "no checkpoint had been written yet"
-    )
-    return TrainingDiverged(
-        f"training stopped: {what}; {kept}. "
-        f"Try a lower --lr (now {config.lr:g}), --grad-clip, or --precision fp32"
-    )
-
-
-def _evaluate(
-    model: VQVAE, images: np.ndarray, split: str, step: int, run_dir: Path, metrics: MetricsLog
-) -> dict[str, Any]:
-    result = evaluate(model, images)
-    _, recon = reconstruct(model, images[:GRID_IMAGES])
-    grid = np.concatenate([images[:GRID_IMAGES], _uint8(recon)])
-    write_grid(grid, run_dir / f"recon_{step:06d}.png", nrow=min(GRID_IMAGES, len(images)))
-    metrics.write({"step": step, "event": "eval", "split": split, **result})
-    return result
-
-
 def _uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
-def _progress(config: TrainConfig, start: int, is_main: bool) -> Any:
-    if not (config.progress and is_main):
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True, leave=True)
-
-
-class _StopFlag:
-    requested = False
-
-
-@contextmanager
-def _stop_on_sigint() -> Iterator[_StopFlag]:
-    """The first Ctrl-C asks the loop to checkpoint and stop at the end of the step (under DDP at the next
-    read-back, so every rank stops at the same step); a second one interrupts at once."""
-    flag = _StopFlag()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = signal.getsignal(signal.SIGINT)
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag.requested:
-            raise KeyboardInterrupt
-        flag.requested = True
-
-    signal.signal(signal.SIGINT, handler)
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGINT, previous)
+def _psnr(mse: float) -> float:
+    return 10 * math.log10(4.0 / mse) if mse > 0 and math.isfinite(mse) else math.inf

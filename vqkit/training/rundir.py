@@ -1,4 +1,4 @@
-"""The run folder: where a run writes, and its ``metrics.jsonl``."""
+"""The run folder: where a run writes, who owns it while it runs, and its ``metrics.jsonl``."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from vqkit.errors import VQKitError
-from vqkit.training.checkpoint import MODEL_NAME, STATE_NAME
+from vqkit.errors import OptionError, VQKitError
 
 METRICS_NAME = "metrics.jsonl"
+LOCK_NAME = ".vqkit-run.lock"
 
 
 def next_run_dir(base: Path = Path("runs")) -> Path:
@@ -25,13 +25,50 @@ def next_run_dir(base: Path = Path("runs")) -> Path:
     return base / f"run-{max(taken, default=0) + 1}"
 
 
-def prepare_run_dir(path: Path, *, resuming: bool) -> Path:
-    """Create the folder (a clear error if it cannot be) and refuse to overwrite another run's files."""
-    if not resuming and ((path / MODEL_NAME).exists() or (path / STATE_NAME).exists()):
-        raise VQKitError(
-            f"{path} already holds a run ({MODEL_NAME}); continue it with "
-            f"--model {path / MODEL_NAME} --resume, or choose another --out"
-        )
+class RunLock:
+    """An exclusive lock on a run folder for as long as the run lives.
+
+    ``flock`` on a lock file: the kernel releases it when the process ends, however it ends, so a crashed or
+    killed run never leaves a folder locked; a second run into the same folder is refused while the first runs.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / LOCK_NAME
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): the 'already holds a run' check still applies
+            return
+        f = open(self.path, "a+")  # noqa: SIM115 (held open for the run's life)
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            owner = f.read().strip() or "another process"
+            f.close()
+            raise VQKitError(
+                f"{self.path.parent} is in use by another vqkit run ({owner}); wait for it to end or choose "
+                "another output folder"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing drops the flock
+            self._file = None
+
+
+def prepare_run_dir(
+    path: Path, *, resuming: bool, owned: tuple[str, ...], what: str = "a run", hint: str = ""
+) -> RunLock:
+    """Create the folder, take its lock, and refuse to start over another run's files (``owned``: the files a
+    run writes). Temporary files that a killed run left behind (``.NAME.*.tmp`` of those files) are removed."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -39,16 +76,32 @@ def prepare_run_dir(path: Path, *, resuming: bool) -> Path:
         probe.unlink()
     except OSError as exc:
         raise VQKitError(f"cannot write to the run folder {path}: {exc.strerror or exc}") from exc
-    return path
+    lock = RunLock(path)
+    lock.acquire()
+    try:
+        present = [name for name in owned if (path / name).exists()]
+        if not resuming and present:
+            found = f" (found {', '.join(present)})"
+            raise OptionError(f"{path} already holds {what}{'; ' + hint if hint else ''}{found}", param="out")
+        for name in owned:
+            for stale in path.glob(f".{name}.*.tmp"):
+                stale.unlink(missing_ok=True)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
 
 
 class MetricsLog:
     """Appends one JSON object a line. On resume, lines from steps after the checkpoint are dropped, since
-    those steps are about to be trained again."""
+    those steps are about to be trained again. Further sinks (CSV, TensorBoard) receive the same records."""
 
-    def __init__(self, path: Path, *, enabled: bool, resume_step: int | None = None) -> None:
+    def __init__(
+        self, path: Path, *, enabled: bool, resume_step: int | None = None, sinks: list[Any] | None = None
+    ) -> None:
         self.path = path
         self.enabled = enabled
+        self.sinks = list(sinks or [])
         if enabled and resume_step is not None and path.exists():
             kept = [line for line in path.read_text().splitlines() if _step_of(line) <= resume_step]
             path.write_text("".join(f"{line}\n" for line in kept))
@@ -64,6 +117,12 @@ class MetricsLog:
                 f.write(json.dumps(clean) + "\n")
         except OSError as exc:
             raise VQKitError(f"cannot write {self.path}: {exc.strerror or exc}") from exc
+        for sink in self.sinks:
+            sink.write(clean)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            sink.close()
 
 
 def _step_of(line: str) -> float:

@@ -1,20 +1,17 @@
-"""Before the first step: which model (new, from a file, or a resumed run) and which images."""
+"""Before the first step: which model (new, from a file, or a resumed run), and what the header says of it."""
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from vqkit.data import DataError, load_images
 from vqkit.errors import VQKitError
 from vqkit.model import VQVAE, ModelSpec, build_model
-from vqkit.modelfile import read_spec
+from vqkit.modelfile import load, read_spec
 from vqkit.registry import REGISTRIES
-from vqkit.training.config import TrainConfig, default_model
+from vqkit.training.checkpoint import load_state, state_path_for
+from vqkit.training.config import TrainConfig
 
 PARTS = ("encoder", "quantizer", "decoder")
 
@@ -50,60 +47,36 @@ def model_differences(
     return diffs
 
 
-def existing_model(config: TrainConfig) -> tuple[ModelSpec, Path]:
-    """The spec of ``config.init_from``, after checking that the run asks for no other model."""
-    path = Path(config.init_from or "")
+def model_and_state(config: TrainConfig) -> tuple[VQVAE | None, dict[str, Any] | None]:
+    """The model of ``config.init_from`` (after checking that the run asks for no other model) and, when
+    resuming, the training state beside it; ``(None, None)`` for a new model, built once the data are known."""
+    if not config.init_from:
+        return None, None
+    path = Path(config.init_from)
     spec, _ = read_spec(path)
     diffs = model_differences(spec, config.model, config.channels, config.image_size)
     if diffs:
         verb = "resume" if config.resume else "start from"
         raise VQKitError(
             f"cannot {verb} {path} with a different model: this run asks for {'; '.join(diffs)}. "
-            "Drop those options to continue the same model, or start a new run without --model"
+            "Drop those options to continue the same model, or start a new run from scratch"
         )
-    return spec, path
-
-
-def load_training_images(
-    config: TrainConfig, channels: int | None, image_size: int | None
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """Training images, and held-out images for evaluation (``test`` split; a folder too small to hold any
-    out is evaluated on its first training images, and the metrics say so)."""
-    kw = dict(
-        channels=channels,
-        image_size=image_size,
-        download=config.download,
-        skip_bad=config.skip_bad,
-        data_root=config.data_root,
-    )
-    train = load_images(config.data, split="train", **kw)  # type: ignore[arg-type]
-    # After the training split, size and channels are known: the held-out images must match them.
-    kw.update(channels=train.shape[1], image_size=train.shape[-1])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # skipped files were already reported for the training split
-            held = load_images(config.data, split="test", **kw)  # type: ignore[arg-type]
-        split = "test"
-    except DataError:
-        held, split = train, "train"
-    return train, held[: config.eval_images], split
-
-
-def model_kwargs(requested: dict[str, Any]) -> dict[str, Any]:
-    """``build_model`` arguments: the default model, with what was asked for on top. A part's default options
-    carry over only while that part keeps its default component (``--set quantizer.beta=0.5`` adds to the
-    default quantizer's options; ``--quantizer ema`` starts from ema's own defaults)."""
-    kwargs = default_model()
-    given = {k: v for k, v in requested.items() if v is not None}
-    for part in PARTS:
-        key = f"{part}_options"
-        if given.get(part, kwargs[part]) != kwargs[part]:
-            kwargs[key] = {}
-        kwargs[key] = {**kwargs[key], **given.pop(key, {})}
-    return {**kwargs, **given}
+    state = None
+    if config.resume:
+        state = load_state(state_path_for(path))
+        if state["spec"] != spec.to_json():
+            raise VQKitError(
+                f"the training state beside {path} belongs to a different model than the file; "
+                "it cannot be resumed (was one of them copied from another run?)"
+            )
+    return load(path).train(), state
 
 
 def new_model(config: TrainConfig, channels: int, image_size: int) -> VQVAE:
-    return build_model(
-        **model_kwargs(config.model), channels=channels, image_size=image_size, seed=config.seed
-    )
+    kwargs = {**config.model, "channels": channels, "image_size": image_size}
+    return build_model(**kwargs, seed=config.seed)
+
+
+def describe_model(model: VQVAE) -> list[str]:
+    """The header's model lines: every component with all its resolved options, and the code budget."""
+    return model.describe().splitlines()

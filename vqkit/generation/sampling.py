@@ -8,11 +8,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqkit.errors import OptionError, ShapeError
-from vqkit.prior import CodePrior, check_prior_fits, load_prior
-
 # The same device rules as `vqkit train`: auto = CUDA, then MPS, then CPU; cuda:N; clear errors.
-from vqkit.training.device import resolve_device
+from vqkit.device import resolve_device
+from vqkit.errors import OptionError, ShapeError
+from vqkit.generation.prior import CodePrior, check_prior_fits, load_prior
 
 __all__ = [
     "decode_batched",
