@@ -155,7 +155,7 @@ def test_decoding_workers_never_import_torch() -> None:
 
 def test_batch_bigger_than_the_data_warns(tmp_path: Path) -> None:
     root = _folder(tmp_path / "imgs", n=12)
-    with pytest.warns(DataWarning, match="batch size 100 is larger than the 12 training images"):
+    with pytest.warns(DataWarning, match="batch_size 100 is larger than the 12 training images"):
         _stream(root, split="all", batch_size=100)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

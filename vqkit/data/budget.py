@@ -31,13 +31,13 @@ def memory_budget(data_memory_gb: float | None) -> tuple[int, str]:
     if data_memory_gb is not None:
         if not data_memory_gb >= 0:  # also refuses NaN
             raise DataError(f"data_memory_gb must be a non-negative number of GiB, got {data_memory_gb}")
-        return int(data_memory_gb * GIB), f"the budget of {data_memory_gb:g} GiB (data_memory_gb)"
+        return int(data_memory_gb * GIB), f"the data_memory_gb budget of {data_memory_gb:g} GiB"
     available = available_memory()
     if available is None:
-        return 4 * GIB, "the default budget of 4 GiB (data_memory_gb sets it)"
+        return 4 * GIB, "the budget of 4 GiB (data_memory_gb sets it)"
     budget = int(available * DEFAULT_SHARE)
     return budget, (
-        f"the budget of {budget / GIB:.1f} GiB, a quarter of the available memory (data_memory_gb sets it)"
+        f"the budget of {budget / GIB:.1f} GiB (a quarter of the available memory; data_memory_gb sets it)"
     )
 
 

@@ -25,8 +25,8 @@ def warn_if_batch_exceeds(images: int, batch_size: int, what: str) -> None:
     mistyped batch size): allowed, but said once."""
     if batch_size > images:
         warnings.warn(
-            f"batch size {batch_size} is larger than the {images} training images of {what}: "
-            "every batch repeats images; a smaller batch size trains the same data in more, cheaper steps",
+            f"batch_size {batch_size} is larger than the {images} training images of {what}: every step "
+            "repeats images within its batch (a smaller batch trains on the same data in cheaper steps)",
             DataWarning,
             stacklevel=3,
         )

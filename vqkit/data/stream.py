@@ -61,6 +61,17 @@ class StepOrder:
         return out
 
 
+def describe_stream(source: StreamSource, workers: int, augment: Augment, why: str = "") -> str:
+    """One header line: what is streamed, why (``why``: the reason it is not held in memory), and by whom."""
+    decoders = f"{workers} decoding worker processes" if workers else "decoded in the training process"
+    return (
+        f"{source.where}: {len(source)} training images streamed from the {source.kind}"
+        + (f" ({why})" if why else "")
+        + f", {decoders}"
+        + (f", augmentation {augment.describe()}" if augment.active else "")
+    )
+
+
 class StreamingData:
     """The training-data interface over a :class:`~vqkit.data.sources.StreamSource`: ``get(step)`` returns
     float images in [-1, 1] ``[local_batch, C, H, W]`` on ``device``; ``wait_seconds`` is the time
@@ -100,11 +111,7 @@ class StreamingData:
         self.wait_seconds = 0.0
         self.images_seen = 0
         self.skipped: dict[str, str] = {}  # name -> why, of every file left out under skip_bad
-        self.description = (
-            f"streaming {source.kind} {source.where}: {len(source)} images, decoded by "
-            + (f"{workers} worker processes" if workers else "the training process")
-            + f", augmentation {self.spec.augment.describe()}"
-        )
+        self.description = describe_stream(source, workers, self.spec.augment)
         self._pool: DecodePool | None = None
         self._next = -1  # the step the queued batches continue from
         self._queued = 0  # batches submitted up to (excluding) this step
@@ -180,22 +187,8 @@ class StreamingData:
         return images
 
     def read_all(self, limit: int | None = None) -> np.ndarray:
-        """The first ``limit`` readable samples in the source's order, centre-cropped, without augmentation,
-        as uint8 ``[N, C, S, S]`` (evaluation images from a held-out split; decoded here, one by one)."""
-        spec = DecodeSpec(self.spec.channels, self.spec.image_size)
-        want = len(self.source) if limit is None else min(limit, len(self.source))
-        out = []
-        for i in range(len(self.source)):
-            if len(out) == want:
-                break
-            try:
-                out.append(decode_item(self.source.item(0, i), spec))
-            except VQKitError as exc:
-                if not self.spec.skip_bad:
-                    raise DataError(f"{exc} (skip_bad, --skip-bad, leaves such files out)") from exc
-        if not out:
-            raise DataError(f"none of the images of {self.source.where} could be read")
-        return np.stack(out)
+        """The first ``limit`` readable samples of the source, centre-cropped, as uint8 ``[N, C, S, S]``."""
+        return decode_first(self.source, self.channels, self.image_size, limit, skip_bad=self.spec.skip_bad)
 
     def _close_pool(self) -> None:
         if self._pool is not None:
@@ -217,3 +210,27 @@ class StreamingData:
             self.close()
         except Exception:
             pass
+
+
+def decode_first(
+    source: StreamSource, channels: int, image_size: int, limit: int | None = None, *, skip_bad: bool = False
+) -> np.ndarray:
+    """The first ``limit`` readable samples in the source's order (all when None), centre-cropped, without
+    augmentation, as uint8 ``[N, C, S, S]``: evaluation images from a held-out split, or a small source held in
+    memory. Decoded here, one by one."""
+    spec = DecodeSpec(channels, image_size)
+    want = len(source) if limit is None else min(limit, len(source))
+    out = np.empty((want, channels, image_size, image_size), dtype=np.uint8)
+    n = 0
+    for i in range(len(source)):
+        if n == want:
+            break
+        try:
+            out[n] = decode_item(source.item(0, i), spec)
+            n += 1
+        except VQKitError as exc:
+            if not skip_bad:
+                raise DataError(f"{exc} (skip_bad, --skip-bad, leaves such files out)") from exc
+    if n == 0:
+        raise DataError(f"none of the images of {source.where} could be read")
+    return out[:n]
