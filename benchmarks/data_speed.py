@@ -14,8 +14,9 @@ each batch into float [-1, 1] as a training loop would. The time runs from the e
 to the last batch; each path runs ``--repeats`` times, interleaved, and the best is kept (the machine may be
 shared). torchvision's transform ends in ``PILToTensor`` (uint8), the cheaper choice for it.
 
-Memory: ``--steps`` training steps of vqkit's default model on 3x64x64 images at batch 128, streamed from
-the folder with the default workers, in a child process; a sampler reads the resident memory of the child
+Memory: ``vqkit train`` for ``--steps`` steps of the default model on 3x64x64 images at batch 128 with the same
+augmentation, streamed from the folder (``--data-memory-gb 0``; ``--in-memory`` adds the in-memory path), in
+a child process; a sampler reads the resident memory of the child
 and every process under it every 50 ms and keeps the peak of the sum (RSS), and of the proportional set
 size (PSS: shared pages split between the processes that share them, so nothing is counted twice).
 """
@@ -23,10 +24,10 @@ size (PSS: shared pages split between the processes that share them, so nothing 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -147,9 +148,9 @@ def _field(pid: int, path: str, key: str) -> int:
     return 0
 
 
-def peak_memory(cmd: list[str]) -> tuple[float, float, float]:
-    """(peak RSS sum, peak PSS sum, seconds) of a command's whole process tree."""
-    proc = subprocess.Popen(cmd)
+def peak_memory(cmd: list[str]) -> tuple[float, float, float, str]:
+    """(peak RSS sum, peak PSS sum, seconds, output) of a command's whole process tree."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = [0, 0]
     stop = threading.Event()
 
@@ -163,43 +164,31 @@ def peak_memory(cmd: list[str]) -> tuple[float, float, float]:
     t0 = time.perf_counter()
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
-    code = proc.wait()
+    output, _ = proc.communicate()
     stop.set()
     thread.join()
-    if code:
-        raise SystemExit(f"the training child failed ({code}): {' '.join(cmd)}")
-    return peak[0] / 2**30, peak[1] / 2**30, time.perf_counter() - t0
+    if proc.returncode:
+        raise SystemExit(f"the training run failed ({proc.returncode}): {' '.join(cmd)}\n{output}")
+    return peak[0] / 2**30, peak[1] / 2**30, time.perf_counter() - t0, output
 
 
-def train_child(folder: str, steps: int, workers: int) -> None:
-    """A training run streamed from ``folder``: vqkit's default model, Adam, ``steps`` steps at batch 128."""
-    import torch
+def train_command(folder: Path, steps: int, workers: int, streamed: bool, out: Path) -> list[str]:
+    """``vqkit train`` on the folder: the default model on 3x64x64 images at batch 128, augmented, no
+    evaluation or checkpoint before the end; streamed (a zero memory budget) or held in memory."""
+    cmd = [sys.executable, "-m", "vqkit", "train", "--data", str(folder), "--image-size", "64"]
+    cmd += ["--steps", str(steps), "--batch-size", "128", "--eval-every", "0", "--checkpoint-every", "0"]
+    cmd += ["--eval-images", "64", "--augment-scale", "0.5", "--augment-flip", "-o", str(out), "-q"]
+    if streamed:
+        return cmd + ["--data-memory-gb", "0", "--data-workers", str(workers)]
+    return cmd + ["--data-memory-gb", "1000"]
 
-    import vqkit
-    from vqkit.data.augment import Augment
-    from vqkit.data.sources import open_source
-    from vqkit.data.stream import StreamingData
 
-    torch.manual_seed(0)
-    model = vqkit.build_model(channels=3, image_size=64, seed=0)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    data = StreamingData(
-        open_source(folder, "train"),
-        channels=3,
-        image_size=64,
-        batch_size=128,
-        workers=workers,
-        augment=Augment(scale=AUG_SCALE, flip=True),
-        channels_last=True,
-    )
-    model.to(memory_format=torch.channels_last)
-    for step in range(steps):
-        out = model(data.get(step))
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
-    data.close()
-    print(json.dumps({"data_wait_s": round(data.wait_seconds, 2)}), flush=True)
+def _waiting(output: str) -> str:
+    """The share of time waiting for data, from vqkit train's summary line."""
+    for line in output.splitlines():
+        if line.startswith("trained") and "waiting for data" in line:
+            return line.split("; ")[-1].split(" of the time")[0]
+    return "?"
 
 
 def main() -> None:
@@ -213,12 +202,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=200, help="training steps of the memory runs")
     ap.add_argument("--skip-speed", action="store_true")
-    ap.add_argument("--train-child", nargs=3, metavar=("FOLDER", "STEPS", "WORKERS"), help=argparse.SUPPRESS)
+    ap.add_argument("--in-memory", action="store_true", help="also measure the in-memory path")
     args = ap.parse_args()
-    if args.train_child:
-        folder, steps, workers = args.train_child
-        return train_child(folder, int(steps), int(workers))
-
     import platform
 
     import torch
@@ -257,19 +242,26 @@ def main() -> None:
         for name, speed in best.items():
             print(f"| {name} | {speed:,.0f} | {speed / base:.2f}x |")
 
+    print(f"\nPeak memory of `vqkit train`: {args.steps} steps, batch 128, 3x64x64, {args.workers} workers\n")
     print(
-        f"\nPeak memory of {args.steps} training steps streamed from a folder ({args.workers} workers, batch 128)\n"
+        "| images | data path | peak RSS, process tree | peak PSS, process tree | seconds | waiting for data |"
     )
-    print("| images | peak RSS, process tree | peak PSS, process tree | seconds |")
-    print("|---:|---:|---:|---:|")
-    rows = []
+    print("|---:|---|---:|---:|---:|---:|")
+    streamed_rss = []
     for n in sizes:
-        cmd = [sys.executable, __file__, "--train-child", str(folders[n]), str(args.steps), str(args.workers)]
-        rss, pss, secs = peak_memory(cmd)
-        rows.append(rss)
-        print(f"| {n:,} | {rss:.2f} GiB | {pss:.2f} GiB | {secs:.0f} |", flush=True)
-    if len(rows) > 1:
-        print(f"\nlargest / smallest dataset peak RSS: {rows[-1] / rows[0]:.3f}")
+        for streamed in [True, False] if args.in_memory else [True]:
+            with tempfile.TemporaryDirectory(prefix="vqkit-bench-run-") as tmp:
+                cmd = train_command(folders[n], args.steps, args.workers, streamed, Path(tmp) / "run")
+                rss, pss, secs, output = peak_memory(cmd)
+            if streamed:
+                streamed_rss.append(rss)
+            path = "streamed" if streamed else "in memory"
+            row = f"| {n:,} | {path} | {rss:.2f} GiB | {pss:.2f} GiB | {secs:.0f} | {_waiting(output)} |"
+            print(row, flush=True)
+    if len(streamed_rss) > 1:
+        print(
+            f"\nstreamed: peak RSS of the largest / the smallest dataset = {streamed_rss[-1] / streamed_rss[0]:.3f}"
+        )
 
 
 if __name__ == "__main__":
