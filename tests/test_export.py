@@ -71,7 +71,7 @@ def test_cli_export_writes_self_contained_graphs_and_metadata(tmp_path: Path) ->
     write_images(_digits(30, 1), folder)
     code, text = run(
         "export", str(path), "-o", str(tmp_path / "tok"), "--opset", "20", "--data", str(folder),
-        "--set", "subpixel=true",
+        "--set", "subpixel=true", "--codes-dtype", "int64",
     )  # fmt: skip
     assert code == 0, text
     assert "PASSED" in text and "photos" in text and "identical" in text
