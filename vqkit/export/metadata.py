@@ -32,9 +32,11 @@ def preprocessing(channels: int, image_size: int) -> dict[str, Any]:
         "resize": {
             "when": f"the converted image is not already {s}x{s}",
             "scale": f"{s} / min(width, height)",
-            "new_size": f"each side round(side * scale), at least {s}",
-            "filter": "bicubic: Pillow's Image.BICUBIC (cubic convolution a = -0.5; when shrinking, the kernel "
-            "is widened by the scale factor, i.e. antialiased), on 8-bit values, rounded and clipped to 0..255",
+            "new_size": f"each side round(side * scale) (halves to even, as Python's round), at least {s}",
+            "filter": "bicubic: Pillow's Image.BICUBIC (cubic convolution a = -0.5, support 2; when shrinking, "
+            "the kernel is widened by the scale factor, i.e. antialiased), width first then height, each pass "
+            "on 8-bit values with 22-bit fixed-point weights, rounded and clipped to 0..255 (Pillow's "
+            "Resample.c); skipped for a side that does not change",
             "crop": f"centre: left = (new_width - {s}) // 2, top = (new_height - {s}) // 2, then {s}x{s}",
         },
         "pixel_mapping": "x / 127.5 - 1",
