@@ -153,5 +153,9 @@ def _refuse_existing(paths: list[Path]) -> None:
 
     existing = [p for p in paths if p.exists()]
     if existing:
-        what = f"{existing[0]} and {len(existing) - 1} more exist" if len(existing) > 1 else f"{existing[0]} exists"
+        what = (
+            f"{existing[0]} and {len(existing) - 1} more exist"
+            if len(existing) > 1
+            else f"{existing[0]} exists"
+        )
         raise VQKitError(f"{what} already; give another folder, or --overwrite to replace them")
