@@ -134,7 +134,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise VQKitError(f"cannot write {target}: {_describe(exc)}") from exc
     try:
         yield tmp
-        _fix_tree_modes(tmp)
+        _fix_folder_mode(tmp)
         old = None
         if target.exists():
             old = target.parent / _tmp_name(target)
@@ -149,6 +149,6 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _fix_tree_modes(folder: Path) -> None:
+def _fix_folder_mode(folder: Path) -> None:
     """Give ``folder`` the mode ``mkdir`` gives (it was made owner-only while being written)."""
     os.chmod(folder, 0o777 & ~current_umask())
