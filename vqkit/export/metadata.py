@@ -52,6 +52,11 @@ def preprocessing(channels: int, image_size: int) -> dict[str, Any]:
         )
     if channels in (1, 3):
         steps["alpha"] = "dropped, not composited over a background (Pillow's convert)"
+    if channels == 4:
+        steps["alpha"] = (
+            "kept; the resize works on premultiplied colour (Pillow converts RGBA to RGBa, resizes, and "
+            "converts back)"
+        )
     return steps
 
 
