@@ -148,6 +148,14 @@ def test_vqkit_json_cannot_point_outside_its_folder(tokenizer: Path, tmp_path: P
         Tokenizer(folder)
 
 
+def test_vqkit_json_itself_cannot_link_outside(tokenizer: Path, tmp_path: Path) -> None:
+    folder = _copy(tokenizer, tmp_path)
+    (folder / "vqkit.json").rename(tmp_path / "elsewhere.json")
+    (folder / "vqkit.json").symlink_to(tmp_path / "elsewhere.json")
+    with pytest.raises(VQKitError, match="links outside"):
+        Tokenizer(folder)
+
+
 def test_external_data_cannot_point_outside(tokenizer: Path, tmp_path: Path) -> None:
     import onnx
 

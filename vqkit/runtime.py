@@ -169,6 +169,10 @@ class Tokenizer:
             raise TokenizerError(
                 f"no exported tokenizer folder at {self.path} (make one with `vqkit export`)"
             )
+        if info_path.is_symlink() and _inside(self.path, METADATA_FILE) is None:
+            raise TokenizerError(
+                f"{info_path} links outside {self.path}; a tokenizer folder may only use its own files"
+            )
         try:
             info = json.loads(info_path.read_text())
         except FileNotFoundError:
