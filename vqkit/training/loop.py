@@ -127,6 +127,8 @@ class VQVAETrainer:
         if state is not None:
             model.load_state_dict(state["model"])
             restore_rng(state)
+        else:  # a new model and one read from a file start training from the same random state
+            torch.manual_seed(config.seed)
         if self.start >= config.steps:
             raise VQKitError(
                 f"the run in {self.run_dir} already trained {self.start} steps (asked: {config.steps}); "
