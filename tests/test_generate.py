@@ -179,7 +179,9 @@ def test_cli_sample_mistakes_are_one_line(tmp_path: Path, args: list[str], messa
 def test_cli_prefix_rows_help_matches_what_it_accepts(tmp_path: Path) -> None:
     code, text = run("sample", "--help")
     assert "--prefix-rows INTEGER RANGE" in text and "x>=1" in text
-    code, text = run("sample", str(tiny_model_file()), "--prior", "uniform", "--prefix-rows", "0", "-o", "x.png")
+    code, text = run(
+        "sample", str(tiny_model_file()), "--prior", "uniform", "--prefix-rows", "0", "-o", "x.png"
+    )
     assert code == 2 and "0 is not in the range x>=1" in text
 
 
