@@ -41,7 +41,7 @@ def test_sampling_is_reproducible_with_a_seed() -> None:
 def test_uniform_codes_use_the_models_real_grid() -> None:
     model = tiny_model()
     codes = uniform_codes(model, 200, seed=0)
-    assert codes.shape == (200, 4, 4)  # the seed tutorial used 32x32 for this 4x4-grid model
+    assert codes.shape == (200, 4, 4)  # the model's real grid, not a fixed 32x32
     assert len(codes.unique()) == 32  # every code of the book is drawn
 
 

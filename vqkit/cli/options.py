@@ -50,7 +50,7 @@ def config_option(name: str, **overrides: Any) -> Decorator:
     kw: dict[str, Any] = {
         "help": _help(name),
         "default": default,
-        "show_default": default not in (None, False),
+        "show_default": default is not None and default is not False,  # 0 and 0.0 are shown
     }
     if kind.startswith("bool | None"):
         decls = [f"{flag}/--no-{flag[2:]}"]
