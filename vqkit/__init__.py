@@ -31,7 +31,6 @@ _LAZY = {
     "Registry": "vqkit.registry",
     "decoders": "vqkit.registry",
     "encoders": "vqkit.registry",
-    "objectives": "vqkit.registry",
     "quantizers": "vqkit.registry",
 }
 

@@ -29,6 +29,8 @@ def preprocessing(channels: int, image_size: int) -> dict[str, Any]:
         "channels": channels,
         "channel_order": {1: "L (grey)", 3: "RGB", 4: "RGBA"}.get(channels, "as stored"),
         "convert": f"decode the file and convert it to Pillow mode {mode!r} first (before resizing)",
+        "bit_depth": "one-channel 16-bit samples are scaled to 8 bits as (v * 255 + 32767) // 65535, float "
+        "samples in [0, 1] as round(v * 255), before the conversion; other float samples are refused",
         "resize": {
             "when": f"the converted image is not already {s}x{s}",
             "scale": f"{s} / min(width, height)",
