@@ -212,7 +212,7 @@ class TinyDecoder(nn.Module):
         return self.out(F.silu(self.body(z)))
 
 
-SMALL_GAN = {"width": 8, "layers": 2}
+SMALL_GAN = {"width": 8, "layers": 2, "ramp": 2}
 
 
 def _gan_steps(loss, dec, opt, steps: range, latents: torch.Tensor, x: torch.Tensor) -> dict:  # noqa: ANN001
@@ -251,7 +251,7 @@ def test_patchgan_is_silent_before_its_start_then_trains_its_own_discriminator()
 def test_the_adaptive_weight_balances_gradients_at_the_last_layer() -> None:
     torch.manual_seed(0)
     dec, x, latents = TinyDecoder(), _digits(8), torch.randn(8, 4, 32, 32)
-    loss = build_loss("l1+patchgan:0.5", {"patchgan": {"start": 0, **SMALL_GAN}})
+    loss = build_loss("l1+patchgan:0.5", {"patchgan": {"start": 0, **SMALL_GAN, "ramp": 0}})
     last = decoder_last_layer(dec)
     recon = dec(latents)
     total, terms = loss(x, recon, step=0, last_layer=last)
@@ -269,6 +269,23 @@ def test_the_adaptive_weight_balances_gradients_at_the_last_layer() -> None:
     assert math.isclose(
         float(loss.update(x, recon.detach(), step=0)["patchgan.adaptive_weight"]), weight, rel_tol=1e-5
     )
+
+
+def test_the_term_ramps_in_after_the_start_while_the_discriminator_learns() -> None:
+    torch.manual_seed(0)
+    dec, x, latents = TinyDecoder(), _digits(8), torch.randn(8, 4, 32, 32)
+    loss = build_loss("l1+patchgan:0.5", {"patchgan": {"start": 2, "ramp": 4, "width": 8, "layers": 2}})
+    gan = loss.objectives["patchgan"]
+    assert [gan.weight_at(s) for s in (0, 1, 2, 3, 4, 6, 9)] == [0, 0, 0, 0.25, 0.5, 1, 1]
+    last = decoder_last_layer(dec)
+    for step in (2, 4):
+        recon = dec(latents)
+        total, terms = loss(x, recon, step=step, last_layer=last)
+        stats = loss.update(x, recon.detach(), step=step)
+        assert float(stats["patchgan.d_loss"]) > 0  # the discriminator trains from the start step on
+        scale = float(stats["patchgan.adaptive_weight"])
+        expected = float(terms["l1"]) + 0.5 * gan.weight_at(step) * scale * float(terms["patchgan"])
+        assert math.isclose(float(total.detach()), expected, rel_tol=1e-5), step
 
 
 def test_an_interrupted_and_resumed_run_ends_exactly_like_an_uninterrupted_one() -> None:

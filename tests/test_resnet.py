@@ -68,7 +68,7 @@ def test_resnet_trains_on_mnist5k() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(model(x[:64]).recon_loss) < 0.5 * first
+    assert float(model(x[:64]).recon_loss.detach()) < 0.5 * first
 
 
 def test_output_is_clamped_and_gradients_pass_the_clamp() -> None:
@@ -81,6 +81,9 @@ def test_output_is_clamped_and_gradients_pass_the_clamp() -> None:
     assert float(y.max()) <= 1.0 and float(y.min()) >= -1.0
     y.sum().backward()
     assert z.grad is not None and float(z.grad.abs().sum()) > 0  # a Tanh or a hard clamp would give 0 here
+    z.grad = None
+    (-dec(z)).sum().backward()  # a loss that wants every pixel brighter still: nothing left to push
+    assert float(z.grad.abs().sum()) == 0
     dec.eval()
     assert float(dec(z).max()) == 1.0
 

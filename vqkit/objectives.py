@@ -49,6 +49,11 @@ class Objective(nn.Module):
     ) -> torch.Tensor:
         raise NotImplementedError
 
+    def weight_at(self, step: int) -> float:
+        """A factor on this term's weight at ``step`` (a ramp after a start step), applied by the loss after
+        any adaptive weight (which would otherwise cancel a ramp written into the term itself)."""
+        return 1.0
+
     def update(self, x: torch.Tensor, recon: torch.Tensor, *, step: int) -> dict[str, torch.Tensor]:
         return {}
 
@@ -158,6 +163,11 @@ def format_loss(terms: list[tuple[str, float, dict[str, Any]]]) -> str:
 
 
 # --- the combination -----------------------------------------------------------------------------------------
+def _ramp(objective: nn.Module, step: int) -> float:
+    weight_at = getattr(objective, "weight_at", None)  # optional for objectives not derived from Objective
+    return float(weight_at(step)) if callable(weight_at) else 1.0
+
+
 class Loss(nn.Module):
     """The weighted sum of objectives the training loop minimises.
 
@@ -190,14 +200,14 @@ class Loss(nn.Module):
             if getattr(obj, "adaptive_weight", False):
                 adaptive.append(name)
                 continue
-            w = self.weights[name]
+            w = self.weights[name] * _ramp(obj, step)
             term = value if w == 1.0 else value * w
             total = term if total is None else total + term
         base = total
         for name in adaptive:
             scale = self._adaptive_scale(base, values[name], last_layer)
             self._adaptive[name] = scale.detach()
-            term = values[name] * (scale * self.weights[name])
+            term = values[name] * (scale * (self.weights[name] * _ramp(self.objectives[name], step)))
             total = term if total is None else total + term
         if total is None:  # only adaptive terms and nothing to adapt to
             total = torch.zeros((), device=recon.device)

@@ -72,6 +72,9 @@ class PatchGAN(Objective):
     """Adversarial loss against a PatchGAN discriminator (hinge loss, adaptive weight, delayed start).
 
     Options: ``start`` (step from which the discriminator trains and the term counts; default 1000),
+    ``ramp`` (steps over which the term's weight then grows linearly from 0 to its full value, while the
+    discriminator learns; default 500: a term at full weight against an untrained discriminator wrecks the
+    reconstructions of a trained autoencoder within 100 steps),
     ``lr`` (the discriminator's Adam learning rate; default 2e-4), ``beta1``/``beta2`` (its Adam betas;
     default 0.5, 0.9), ``layers`` (stride-2 layers; default 3, needs images of at least 24x24: use 2 for
     smaller ones), ``width`` (first layer's channels; default 64), ``norm`` (``batch`` or ``none``),
@@ -85,6 +88,7 @@ class PatchGAN(Objective):
     def __init__(
         self,
         start: int = 1000,
+        ramp: int = 500,
         lr: float = 2e-4,
         beta1: float = 0.5,
         beta2: float = 0.9,
@@ -97,6 +101,8 @@ class PatchGAN(Objective):
         super().__init__()
         if start < 0:
             raise ValueError(f"start must be a step >= 0, got {start}")
+        if ramp < 0:
+            raise ValueError(f"ramp must be a number of steps >= 0, got {ramp}")
         if not lr > 0:
             raise ValueError(f"lr must be positive, got {lr}")
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
@@ -109,7 +115,7 @@ class PatchGAN(Objective):
             raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         if channels < 0:
             raise ValueError(f"channels must be >= 0 (0: from the data), got {channels}")
-        self.start, self.layers = int(start), int(layers)
+        self.start, self.ramp, self.layers = int(start), int(ramp), int(layers)
         self._config = dict(width=int(width), layers=int(layers), norm=norm, seed=int(seed))
         self._adam = dict(lr=float(lr), betas=(float(beta1), float(beta2)))
         self.net: nn.Sequential | None = None
@@ -145,11 +151,16 @@ class PatchGAN(Objective):
         assert self.net is not None
         return self.net
 
+    def weight_at(self, step: int) -> float:
+        if step < self.start:
+            return 0.0
+        return 1.0 if self.ramp == 0 else min(1.0, (step - self.start) / self.ramp)
+
     def forward(
         self, x: torch.Tensor, recon: torch.Tensor, *, step: int, last_layer: torch.Tensor | None
     ) -> torch.Tensor:
         net = self._ready(x)
-        if step < self.start:
+        if self.weight_at(step) == 0:  # silent (the discriminator may already be learning)
             return torch.zeros((), device=recon.device)
         # Gradients flow through the discriminator to the reconstruction, never into its own weights.
         params = list(net.parameters())
