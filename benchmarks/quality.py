@@ -1,4 +1,9 @@
-"""Quantizer quality: every built-in quantizer trained the same way, side by side.
+"""Quantizer, architecture and objective quality, side by side.
+
+``--suite quantizers`` (default): every built-in quantizer trained the same way. ``--suite architectures``:
+conv3 against resnet at equal bits per image (downsample 8: a 4x4 grid of 512 codes; downsample 4: 8x8), and
+resnet under other objectives, on mnist5k and on photo32 (RGB photo patches, benchmarks/data/PHOTO32.md), all
+through ``vqkit.training.train`` (vqkit train's recipe), described under "The architecture suite" below.
 
 Same encoder/decoder (conv3), data (built-in mnist5k, 1 channel, 32x32), budget (steps, batch, Adam lr) and
 seed for every row; held-out metrics (the 500 test images) through the inference path (encode -> decode)
@@ -18,6 +23,13 @@ into the decoder, which tells a quantizer's collapse from the autoencoder's own.
     python benchmarks/quality.py                      # the full table (2000 steps, batch 128, lr 1e-3)
     python benchmarks/quality.py --recipe vqkit       # the same rows under vqkit train's recipe
     python benchmarks/quality.py --steps 300 --only vq-seed,ema --write /tmp/q.md
+    python benchmarks/quality.py --suite architectures --steps 2000 --only photo32-conv3-ds8,photo32-resnet-ds8
+
+The architecture suite: same data, budget (steps, batch 128, vqkit train's lr, warm-up and cosine schedule),
+quantizer (vq with k-means init and restarts, 512 codes, latent dim 64) and seed for every row. mnist5k rows
+are evaluated on its 500 held-out digits; photo32 rows train on a folder of the training photos' patches and
+are evaluated on the folder's own held-out split ("held-out patches": about one in ten, never trained on) and
+on the patches of two photos never trained on ("unseen photos").
 """
 
 from __future__ import annotations
@@ -28,12 +40,14 @@ import math
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
+import photo32
 import torch
 
 import vqkit
-from vqkit.data import load_mnist5k
+from vqkit.data import load_images, load_mnist5k
 from vqkit.evaluate import evaluate
 from vqkit.training import TrainConfig
 
@@ -160,8 +174,113 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
+# --- the architecture suite ---------------------------------------------------------------------------------
+CONV3_DS4 = ({"widths": [64, 128]}, {"widths": [128, 64]})
+RESNET_DS4 = ({"downsample": 4}, {"downsample": 4})
+RESNET_DS8 = ({"downsample": 8}, {"downsample": 8})
+# (label, data, encoder, (encoder options, decoder options), loss)
+ARCH_CONFIGS: list[tuple[str, str, str, tuple[dict[str, Any], dict[str, Any]], str]] = [
+    (f"{data}-{label}", data, enc, opts, loss)
+    for data in ("photo32", "mnist5k")
+    for label, enc, opts, loss in [
+        ("conv3-ds8", "conv3", ({}, {}), "mse"),
+        ("resnet-ds8", "resnet", RESNET_DS8, "mse"),
+        ("conv3-ds4", "conv3", CONV3_DS4, "mse"),
+        ("resnet-ds4", "resnet", RESNET_DS4, "mse"),
+        ("resnet-ds8-l1", "resnet", RESNET_DS8, "l1"),
+        ("resnet-ds8-l1+ssim", "resnet", RESNET_DS8, "l1+ssim:0.2"),
+        ("resnet-ds8-l1+patchgan", "resnet", RESNET_DS8, "l1+patchgan:0.1"),
+    ]
+]
+
+
+def train_architecture(
+    data: str, encoder: str, opts: tuple[dict[str, Any], dict[str, Any]], loss: str, budget: dict[str, Any]
+) -> tuple[vqkit.VQVAE, float, str]:
+    """One ``vqkit.training.train`` run -> (model, train seconds, the data folder or name it trained on)."""
+    model_args = {
+        "encoder": encoder,
+        "encoder_options": opts[0],
+        "decoder_options": opts[1],
+    }
+    extra: dict[str, Any] = {} if loss == "mse" else {"loss": loss}  # a loop without objectives runs mse
+    with tempfile.TemporaryDirectory() as tmp:
+        source = str(photo32.write_folder(Path(tmp) / "photo32")) if data == "photo32" else data
+        config = TrainConfig(
+            model=model_args,
+            data=source,
+            out=str(Path(tmp) / "run"),
+            eval_every=0,
+            checkpoint_every=0,
+            device="cpu",
+            progress=False,
+            **budget,
+            **extra,
+        )
+        result = vqkit.training.train(config)
+        model = vqkit.load(result.model_path)
+        held = load_images(source, split="test") if data == "photo32" else None
+    return model, result.seconds, held
+
+
+def run_architectures(args: argparse.Namespace, wanted: set[str]) -> list[dict[str, Any]]:
+    budget = {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "seed": args.seed}
+    rows = []
+    for label, data, encoder, opts, loss in ARCH_CONFIGS:
+        if wanted and label not in wanted:
+            continue
+        model, seconds, held = train_architecture(data, encoder, opts, loss, budget)
+        model.eval()
+        if data == "photo32":
+            held_out, unseen = evaluate(model, held), evaluate(model, photo32.load("unseen"))
+        else:
+            held_out, unseen = evaluate(model, load_mnist5k("test")[0]), None
+        row = {
+            "label": label,
+            "data": data,
+            "encoder": encoder,
+            "options": opts[0],
+            "loss": loss,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "train_s": seconds,
+            "images_per_s": args.steps * args.batch / seconds,
+            "held_out": held_out,
+            "unseen": unseen,
+        }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(row) + "\n")
+    return rows
+
+
+def arch_table(rows: list[dict[str, Any]]) -> str:
+    def cells(m: dict[str, Any] | None) -> str:
+        if m is None:
+            return "- | - | -"
+        return f"{m['psnr']:.2f} | {m['ssim']:.3f} | {m['codes_used']} ({100 * m['usage']:.0f}%)"
+
+    out = [
+        "| run | encoder/decoder | loss | grid | params | held-out PSNR dB | SSIM | codes used "
+        "| unseen photos PSNR dB | SSIM | codes used | train images/s |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ds = r["options"].get(
+            "downsample", 8 if r["encoder"] == "resnet" else 2 ** len(r["options"].get("widths", [0] * 3))
+        )
+        grid = f"{32 // ds}x{32 // ds}"
+        out.append(
+            f"| {r['label']} | {r['encoder']} | {r['loss']} | {grid} | {r['parameters']:,} "
+            f"| {cells(r['held_out'])} | {cells(r['unseen'])} | {r['images_per_s']:.0f} |"
+        )
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--suite", choices=("quantizers", "architectures"), default="quantizers")
     ap.add_argument("--recipe", choices=("plain", "vqkit"), default="plain")
     ap.add_argument("--steps", type=int, default=None, help="default: 2000 (plain), vqkit train's (vqkit)")
     ap.add_argument("--batch", type=int, default=128)
@@ -173,6 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default="", help="also write the raw rows as JSON lines to this file")
     ap.add_argument("--from-json", default="", help="only re-render the table of rows saved by --json")
     args = ap.parse_args(argv)
+    if args.suite == "architectures":
+        return architectures_main(args)
     vq_recipe = args.recipe == "vqkit"
     if args.steps is None:
         args.steps = TrainConfig().steps if vq_recipe else 2000
@@ -222,6 +343,34 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     text = f"{setup}\n\n{table(rows)}\n"
+    print(text)
+    if args.write:
+        with open(args.write, "w") as f:
+            f.write(text)
+    return 0
+
+
+def architectures_main(args: argparse.Namespace) -> int:
+    args.steps = args.steps or 2000
+    args.lr = args.lr or TrainConfig().lr
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    wanted = {s for s in args.only.split(",") if s}
+    unknown = wanted - {c[0] for c in ARCH_CONFIGS}
+    if unknown:
+        known = ", ".join(c[0] for c in ARCH_CONFIGS)
+        raise SystemExit(f"unknown run(s) {', '.join(sorted(unknown))}; known: {known}")
+    if args.from_json:
+        with open(args.from_json) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    else:
+        rows = run_architectures(args, wanted)
+    setup = (
+        f"vqkit.training.train: {args.steps} steps, batch {args.batch}, Adam lr {args.lr:g} after "
+        f"{min(TrainConfig().warmup_steps, args.steps // 5)} warm-up steps, cosine; vq (k-means init, "
+        f"restarts), 512 codes, latent dim 64; seed {args.seed}, device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    )
+    text = f"{setup}\n\n{arch_table(rows)}\n"
     print(text)
     if args.write:
         with open(args.write, "w") as f:

@@ -1,4 +1,4 @@
-"""Nearest-code search and the whole ``vq`` quantizer (forward + backward): vqkit against the seed's formulation
+"""Nearest-code search and the whole ``vq`` quantizer (forward + backward): vqkit against the tutorial formulation
 (the full N x K distance matrix) and ``torch.cdist`` + argmin, side by side in one run.
 
     python benchmarks/quantizer_speed.py                    # CPU sizes, 1 thread
@@ -6,11 +6,11 @@
     python benchmarks/quantizer_speed.py --threads 2 --reps 5 --out table.md
 
 Parts and methods:
-- ``search``: ``seed`` (the seed's expression, argmin over the full matrix), ``cdist`` (``torch.cdist`` +
+- ``search``: ``tutorial`` (the textbook expression of the widely used VQ-VAE tutorial, argmin over the full matrix), ``cdist`` (``torch.cdist`` +
   argmin), ``vqkit`` (``vqkit.search.nearest_code``: chunked on CPU, the Triton kernel on CUDA); on CUDA also
   ``vqkit-tf32x3`` (the kernel's tensor-core precision) and ``matmul-bf16``, the bare bf16 ``z @ e.T`` the aim is
   stated against; on CPU ``matmul`` (fp32), the floor for any exact search.
-- ``vq fwd+bwd``: the seed's ``VQEmbedding`` (transcribed), the same module searching with cdist, and vqkit's
+- ``vq fwd+bwd``: the tutorial's ``VQEmbedding`` (transcribed), the same module searching with cdist, and vqkit's
   ``vq`` (init=normal, no restarts) — forward, loss, backward.
 
 Time: median of ``--reps`` calls after one warm-up call at full size. Memory ("extra"): the peak memory of one
@@ -18,8 +18,8 @@ call above what was resident just before it (inputs, weights), so it counts ever
 On CUDA that is ``max_memory_allocated`` minus ``memory_allocated``. On CPU each (case, part, method) runs in
 its own fresh process (so no allocator cache from an earlier method hides a peak): after a small warm-up call
 (one-time lazy initialisation is not the method's), the kernel's peak-RSS mark is reset (``/proc/self/clear_refs``)
-and extra = VmHWM after the call - VmRSS before it. Ratios: the seed's figure divided by the method's (time: >1
-is faster than the seed; memory: >1 is less memory).
+and extra = VmHWM after the call - VmRSS before it. Ratios: the tutorial's figure divided by the method's (time: >1
+is faster than the tutorial's; memory: >1 is less memory).
 """
 
 from __future__ import annotations
@@ -43,16 +43,16 @@ import vqkit
 from vqkit.search import nearest_code
 
 GPU_CASES = [(65536, 512, 64), (65536, 8192, 64), (262144, 16384, 32)]
-# Same K and D as on the GPU, N cut so that the seed's 3 live N x K matrices fit a small shared machine.
+# Same K and D as on the GPU, N cut so that the tutorial's 3 live N x K matrices fit a small shared machine.
 CPU_CASES = [(16384, 512, 64), (16384, 8192, 64), (16384, 16384, 32)]
 SEARCHES = {
-    "cpu": ["seed", "cdist", "vqkit", "matmul"],
-    "cuda": ["seed", "cdist", "vqkit", "vqkit-tf32x3", "matmul-bf16"],
+    "cpu": ["tutorial", "cdist", "vqkit", "matmul"],
+    "cuda": ["tutorial", "cdist", "vqkit", "vqkit-tf32x3", "matmul-bf16"],
 }
-QUANTIZERS = ["seed", "cdist", "vqkit"]
+QUANTIZERS = ["tutorial", "cdist", "vqkit"]
 
 
-def seed_search(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+def tutorial_search(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     distances = (
         torch.sum(z**2, dim=-1, keepdim=True)
         + torch.sum(e.t() ** 2, dim=0, keepdim=True)
@@ -65,10 +65,10 @@ def cdist_search(z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
     return torch.argmin(torch.cdist(z, e), dim=-1)
 
 
-class SeedVQEmbedding(nn.Module):
-    """The seed tutorial's VQEmbedding (shared/seed), with its distance step swappable for cdist."""
+class TutorialVQEmbedding(nn.Module):
+    """The tutorial formulation's VQEmbedding, with its distance step swappable for cdist."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, search: Callable = seed_search) -> None:
+    def __init__(self, num_embeddings: int, embedding_dim: int, search: Callable = tutorial_search) -> None:
         super().__init__()
         self.embedding_dim = embedding_dim
         self.commitment_cost = 0.25
@@ -102,8 +102,8 @@ def make_call(part: str, method: str, n: int, k: int, d: int, device: str) -> Ca
     e = torch.randn(k, d, generator=g).to(device)
     if part == "search":
         z = torch.randn(n, d, generator=g).to(device)
-        if method == "seed":
-            return lambda rows: seed_search(z[:rows], e)
+        if method == "tutorial":
+            return lambda rows: tutorial_search(z[:rows], e)
         if method == "cdist":
             return lambda rows: cdist_search(z[:rows], e)
         if method == "matmul":
@@ -117,7 +117,9 @@ def make_call(part: str, method: str, n: int, k: int, d: int, device: str) -> Ca
     if method == "vqkit":
         module = vqkit_vq(k, d).to(device).train()
     else:
-        module = SeedVQEmbedding(k, d, seed_search if method == "seed" else cdist_search).to(device)
+        module = TutorialVQEmbedding(k, d, tutorial_search if method == "tutorial" else cdist_search).to(
+            device
+        )
     module.embedding.weight.data.copy_(e)
 
     def step(rows: int) -> None:
@@ -181,7 +183,7 @@ def table(rows: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| N, K, D | part | method | time (ms) | speed-up vs seed | extra memory (MiB) | memory vs seed |",
+        "| N, K, D | part | method | time (ms) | speed-up vs tutorial | extra memory (MiB) | memory vs tutorial |",
         "|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
@@ -219,14 +221,14 @@ def main() -> None:
             for method in methods:
                 job = {"part": part, "method": method, "n": n, "k": k, "d": d, "reps": args.reps}
                 results[method] = run_case(job, args.device)
-                seed = results["seed"]
+                base = results["tutorial"]
                 r = results[method]
                 rows.append(
                     {
                         **job,
                         **r,
-                        "speedup": seed["ms"] / r["ms"],
-                        "mem_ratio": seed["mib"] / max(r["mib"], 1e-3),
+                        "speedup": base["ms"] / r["ms"],
+                        "mem_ratio": base["mib"] / max(r["mib"], 1e-3),
                     }
                 )
                 print(table(rows[-1:], "").splitlines()[-1], flush=True)

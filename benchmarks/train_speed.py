@@ -3,6 +3,11 @@ same device and data, side by side in one run.
 
     python benchmarks/train_speed.py                      # CPU, batch 128 and 1024
     python benchmarks/train_speed.py --device cuda        # adds the GPU rows: fp32, bf16, bf16 + compile
+    python benchmarks/train_speed.py --architectures      # conv3 against resnet in vqkit's loop instead
+
+``--architectures`` times vqkit's loop (``vqkit train``'s default model and recipe, fp32; bf16 on CUDA) on the
+same data for each built-in architecture at equal bits per image: conv3 (a 4x4 grid), resnet at downsample 8
+(4x4) with its default widths, and resnet at downsample 4 (8x8), images/s and the ratio to conv3.
 
 The data are mnist5k's 4,500 training digits as 32x32 RGB (the seed's 3-channel model). The seed loop is what
 the tutorial's code gives when written out the usual way: its VQVAE module (transcribed below), a DataLoader
@@ -118,14 +123,19 @@ def vqkit_loop(
     precision: str,
     compile: bool,
     channels_last: bool | None = None,
+    model: dict | None = None,
 ) -> float:
+    """images/s of ``vqkit.training.train`` over ``steps`` steps after ``warmup``; ``model`` None is the
+    seed tutorial's architecture (what the seed loop runs), else ``build_model`` arguments."""
     vqkit.load_plugins()
-    seed_options = {"init": "uniform"}
-    if any(o.name == "restart_after" for o in quantizers.entry("vq").options):
-        seed_options["restart_after"] = 0
+    if model is None:
+        seed_options = {"init": "uniform"}
+        if any(o.name == "restart_after" for o in quantizers.entry("vq").options):
+            seed_options["restart_after"] = 0
+        model = {"quantizer_options": seed_options, "decoder_options": {"head": "transpose"}}
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(
-            model={"quantizer_options": seed_options, "decoder_options": {"head": "transpose"}},
+            model=model,
             channels=3,
             lr=1e-3,
             warmup_steps=0,
@@ -158,10 +168,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="timed steps [default: 40 CPU, 200 GPU]")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--compile", action="store_true", help="also time --compile (slow to start on CPU)")
+    parser.add_argument("--architectures", action="store_true", help="conv3 against resnet (see above)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     steps = args.steps or (200 if device.type == "cuda" else 40)
     warmup = args.warmup or (25 if device.type == "cuda" else 5)
+    if args.architectures:
+        return architectures(args, device, steps, warmup)
     images = torch.from_numpy(load_images("mnist5k", channels=3)).float().div(127.5).sub(1.0)
 
     # (label, precision, compile, channels_last: None = vqkit's choice for the device)
@@ -200,6 +216,41 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for batch, label, speed, ratio in rows:
         print(f"| {device.type} | {batch} | {label} | {speed:,.0f} | {ratio:.2f}x |")
+
+
+ARCHITECTURES = [
+    ("conv3 (4x4 grid)", {"encoder": "conv3"}),
+    ("resnet downsample 8 (4x4)", {"encoder": "resnet", "encoder_options": {"downsample": 8}}),
+    ("resnet downsample 4 (8x8)", {"encoder": "resnet", "encoder_options": {"downsample": 4}}),
+]
+
+
+def architectures(args: argparse.Namespace, device: torch.device, steps: int, warmup: int) -> None:
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    rows = []
+    for batch in (int(b) for b in args.batches.split(",")):
+        n = max(1, min(steps, 40 * 128 // batch)) if device.type == "cpu" else steps
+        best: dict[str, float] = {}
+        for _ in range(args.repeats):
+            for label, model in ARCHITECTURES:
+                model = {**model, "decoder_options": dict(model.get("encoder_options", {}))}
+                speed = vqkit_loop(batch, warmup, n, args.device, precision, False, model=model)
+                best[label] = max(best.get(label, 0.0), speed)
+        first = next(iter(best.values()))
+        for label, speed in best.items():
+            rows.append((batch, label, speed, speed / first))
+            print(f"batch {batch:5d}  {label:<28} {speed:9.0f} images/s  {speed / first:.2f}x", flush=True)
+    print(f"\n{_device_name(device)}, torch {torch.__version__}, {precision}, best of {args.repeats}\n")
+    print("| device | batch | architecture | images/s | vs conv3 |")
+    print("|---|---|---|---|---|")
+    for batch, label, speed, ratio in rows:
+        print(f"| {device.type} | {batch} | {label} | {speed:,.0f} | {ratio:.2f}x |")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def test_plugins_lists_every_kind_with_origin() -> None:
 
 def test_plugins_verbose_and_name_show_options() -> None:
     code, text = run("plugins", "vq")
-    assert code == 0 and "beta=0.25" in text and "init='normal'" in text
+    assert code == 0 and "beta=0.25" in text and "init='kmeans'" in text and "restart_after=50" in text
     code, text = run("plugins", "--verbose")
     assert "widths=(32, 64, 128)" in text
 
@@ -91,3 +91,126 @@ def test_plugins_json() -> None:
 def test_version() -> None:
     code, text = run("--version")
     assert code == 0 and vqkit.__version__ in text
+
+
+def test_preset_original_is_shared_by_build_model_and_the_cli(tmp_path: Path) -> None:
+    out = tmp_path / "original.safetensors"
+    code, text = run("build", "--preset", "original", "-o", str(out))
+    assert code == 0, text
+    assert "init='uniform' restart_after=0" in text and "head='transpose'" in text
+    built = vqkit.build_model(preset="original", seed=0)
+    loaded = vqkit.load(out)
+    assert loaded.resolved_options == built.resolved_options
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values()))
+    # What is given explicitly wins over the preset, option by option.
+    code, text = run("build", "--preset", "original", "--set", "quantizer.restart_after=10")
+    assert code == 0 and "init='uniform' restart_after=10" in text, text
+    code, text = run("build", "--preset", "nope")
+    assert code != 0 and "nope" in text
+
+
+def test_preset_rules_in_python() -> None:
+    from vqkit.errors import OptionError
+
+    default = vqkit.build_model(seed=0)
+    assert default.resolved_options == vqkit.build_model(preset="default", seed=0).resolved_options
+    assert default.resolved_options["quantizer"]["init"] == "kmeans"
+    other = vqkit.build_model(
+        quantizer="ema", preset="original", seed=0
+    )  # another quantizer: its own defaults
+    assert other.resolved_options["quantizer"]["init"] == "kmeans"
+    assert other.resolved_options["decoder"]["head"] == "transpose"
+    with pytest.raises(OptionError, match="unknown preset 'nope'; presets: default, original"):
+        vqkit.build_model(preset="nope")
+
+
+def test_the_same_options_give_the_same_model_through_build_model_and_build(tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    code, text = run("build", "--channels", "1", "-o", str(out))
+    assert code == 0, text
+    assert vqkit.load(out).resolved_options == vqkit.build_model(channels=1).resolved_options
+
+
+def test_build_writes_the_hugging_face_layout_for_a_folder(tmp_path: Path) -> None:
+    out = str(tmp_path / "model") + "/"
+    code, text = run("build", "--channels", "1", "-o", out)
+    assert code == 0, text
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "model.safetensors"]
+    assert "config.json + model.safetensors" in text
+    built = vqkit.build_model(channels=1, seed=0)
+    loaded = vqkit.load(tmp_path / "model")
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), loaded.state_dict().values()))
+
+
+WRONG_ZQ = """
+import torch
+from vqkit.contracts import Quantized, Quantizer
+
+
+class WrongZq(Quantizer):
+    def __init__(self, dim=None, codebook_size=None):
+        super().__init__()
+        self.dim, self.codebook_size = int(dim or 8), int(codebook_size or 16)
+
+    def forward(self, z):
+        b, _, h, w = z.shape
+        codes = torch.zeros(b, h, w, dtype=torch.long)
+        return Quantized(z[:, :, :, :-1], codes, z.new_zeros(()), {})
+
+    def quantize(self, z):
+        return torch.zeros(z.shape[0], z.shape[2], z.shape[3], dtype=torch.long)
+
+    def dequantize(self, indices):
+        return torch.zeros(indices.shape[0], self.dim, *indices.shape[1:])
+
+
+class WrongDequantize(WrongZq):
+    def forward(self, z):
+        b, _, h, w = z.shape
+        return Quantized(z, torch.zeros(b, h, w, dtype=torch.long), z.new_zeros(()), {})
+
+    def dequantize(self, indices):
+        return torch.zeros(indices.shape[0], self.dim + 1, *indices.shape[1:])
+
+
+class FixedDim(WrongDequantize):
+    def __init__(self, dim=None, codebook_size=None):
+        super().__init__(8, codebook_size)
+"""
+
+
+@pytest.mark.parametrize(
+    "cls, message",
+    [
+        ("WrongZq", "quantizer 'h2-wrong' returned z_q [1, 8, 4, 3] for latents [1, 8, 4, 4]"),
+        ("WrongDequantize", "quantizer 'h2-wrong'.dequantize returned [1, 9, 4, 4]"),
+    ],
+)
+def test_build_dry_run_names_a_quantizer_that_breaks_the_contract(
+    tmp_path: Path, cls: str, message: str
+) -> None:
+    namespace: dict = {}
+    exec(WRONG_ZQ, namespace)
+    vqkit.quantizers.add("h2-wrong", namespace[cls])
+    try:
+        code, text = run("build", "--quantizer", "h2-wrong")
+        assert code != 0 and message in text, text
+        assert text.strip().count("\n") == 0, text
+    finally:
+        vqkit.quantizers.remove("h2-wrong")
+
+
+def test_library_errors_name_parameters_not_flags() -> None:
+    from vqkit.errors import OptionError
+
+    namespace: dict = {}
+    exec(WRONG_ZQ, namespace)
+    vqkit.quantizers.add("h2-fixed", namespace["FixedDim"])
+    try:
+        with pytest.raises(OptionError, match="fixes its latent dim to 8; leave latent_dim unset") as info:
+            vqkit.build_model(quantizer="h2-fixed", latent_dim=7)
+    finally:
+        vqkit.quantizers.remove("h2-fixed")
+    assert "--" not in str(info.value)
+    with pytest.raises(OptionError, match="channels must be an integer"):
+        vqkit.build_model(channels="abc")  # type: ignore[arg-type]

@@ -65,9 +65,14 @@ class GoodVQ(nn.Module):
         return Quantized(z + (z_q - z).detach(), codes, F.mse_loss(z, z_q.detach()), {})
 
     def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(z.device.type, enabled=False):  # the search in fp32, also under bf16 autocast
+            return self._search(z.float(), self.codebook.float())
+
+    @staticmethod
+    def _search(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
         b, d, h, w = z.shape
         flat = z.permute(0, 2, 3, 1).reshape(-1, d)
-        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ self.codebook.t() + self.codebook.pow(2).sum(1)
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.pow(2).sum(1)
         return dist.argmin(1).reshape(b, h, w)
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
@@ -121,6 +126,61 @@ class ExportsOtherCodes(GoodVQ):
         return (super().quantize(z) + 1) % self.codebook_size
 
 
+class Bf16Search(GoodVQ):
+    """Searches in whatever precision autocast picks: bf16 distances under bf16 training."""
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        return self._search(z, self.codebook)
+
+
+class OneCodebookAxis(GoodVQ):
+    """One codebook, but codes [B, h, w, 1]."""
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        out = super().forward(z)
+        return Quantized(out.z_q, out.indices.unsqueeze(-1), out.loss, {})
+
+
+class WrongZqShape(GoodVQ):
+    def forward(self, z: torch.Tensor) -> Quantized:
+        out = super().forward(z)
+        return Quantized(out.z_q.transpose(2, 3), out.indices, out.loss, {})
+
+
+class TwoCodebooks(nn.Module):
+    """Product quantization: each half of the channels picks from its own codebook; codes [B, h, w, 2]."""
+
+    num_codebooks = 2
+
+    def __init__(self, dim: int | None = None, codebook_size: int | None = None) -> None:
+        super().__init__()
+        self.dim, self.codebook_size = int(dim or 8), int(codebook_size or 16)
+        self.books = nn.ModuleList(GoodVQ(self.dim // 2, self.codebook_size) for _ in range(2))
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        codes = self.quantize(z)
+        z_q = self.dequantize(codes)
+        used = [float(torch.unique(codes[..., i]).numel()) for i in range(2)]
+        return Quantized(
+            z + (z_q - z).detach(), codes, F.mse_loss(z, z_q.detach()), {"codes_used": self.usage(used)}
+        )
+
+    def usage(self, used: list[float]) -> torch.Tensor:
+        return torch.tensor(sum(used) / len(used))  # the mean over codebooks, as the contract says
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        halves = z.chunk(2, dim=1)
+        return torch.stack([book.quantize(half) for book, half in zip(self.books, halves)], dim=-1)
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        return torch.cat([book.dequantize(codes[..., i]) for i, book in enumerate(self.books)], dim=1)
+
+
+class SummedUsage(TwoCodebooks):
+    def usage(self, used: list[float]) -> torch.Tensor:
+        return torch.tensor(sum(used))
+
+
 def test_a_correct_quantizer_passes() -> None:
     check_quantizer(GoodVQ, dim=8, codebook_size=16, onnx=False)
 
@@ -140,6 +200,20 @@ def test_a_correct_quantizer_passes() -> None:
         ),
         (BatchMixing, r"different codes for a sample alone than in a batch"),
         (ExportsOtherCodes, r"in eval mode forward\(z\).indices must equal quantize\(z\)"),
+        (Bf16Search, r"under torch.autocast\(dtype=torch.bfloat16\), quantize\(z\) gives other codes"),
+        (
+            OneCodebookAxis,
+            r"forward\(z\).indices is \[2, 4, 8, 1\] torch.int64; the contract wants \[2, 4, 8\] torch.int64 "
+            r"\(int64 \[B, h, w\]: one codebook, so no codebook axis \(not \[B, h, w, 1\]\)\)",
+        ),
+        (
+            WrongZqShape,
+            r"forward\(z\).z_q is \[2, 8, 8, 4\] torch.float32; the contract wants \[2, 8, 4, 8\] torch.float32",
+        ),
+        (
+            SummedUsage,
+            r"stats\['codes_used'\] is \d+ but its indices give [\d.]+ \(the mean over its codebooks\)",
+        ),
     ],
 )
 def test_a_broken_quantizer_fails_with_what_the_contract_wants(cls: type, message: str) -> None:
@@ -183,6 +257,10 @@ class PatchDecoder(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         y = self.conv(z) * 10
         return torch.tanh(y) if self.squash else y
+
+
+def test_several_codebooks_pass_with_codes_per_codebook() -> None:
+    check_quantizer(TwoCodebooks, dim=8, codebook_size=16, onnx=False)
 
 
 def test_correct_encoder_and_decoder_pass() -> None:

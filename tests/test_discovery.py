@@ -105,9 +105,22 @@ def test_importing_a_plugin_early_keeps_its_origin(tmp_path: Path, monkeypatch: 
         tmp_path, monkeypatch, "fake-early", {"fake": mod}, {mod: QUANTIZER_SOURCE.format(name=name)}
     )
     __import__(mod)  # a user's script imports the plugin before vqkit looks for plugins
-    assert vqkit.quantizers.entry(name).origin == f"module {mod}"
+    # Its registration waits for the loader, which finds the entry point that owns the module: the very
+    # first lookup already names the package.
+    assert vqkit.quantizers.entry(name).origin == "fake-early 1.0"
     vqkit.load_plugins()
     assert vqkit.quantizers.entry(name).distribution == "fake-early==1.0"
+
+
+def test_a_registration_outside_any_plugin_names_its_module(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod, name = unique("fake_mod"), unique("fake-q")
+    (tmp_path / f"{mod}.py").write_text(QUANTIZER_SOURCE.format(name=name))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    __import__(mod)  # a module no entry point names: a user's own script or package
+    assert vqkit.quantizers.entry(name).origin == f"module {mod}"
+    assert vqkit.quantizers.entry(name).distribution is None
 
 
 def test_entry_point_callable_is_handed_the_registries(
@@ -276,3 +289,185 @@ def test_a_model_built_with_a_plugin_file_says_to_load_it(tmp_path: Path) -> Non
         vqkit.load(path)
     vqkit.load_plugins([str(plugin)])  # loaded again, the model loads
     assert vqkit.load(path).spec.quantizer == name
+
+
+# --- a plugin must not end the program --------------------------------------------------------------------
+EXITS = {
+    "sys.exit(0)": "import sys\nsys.exit(0)\n",
+    "raise SystemExit": "raise SystemExit('bye')\n",
+    "BaseException": "class Stop(BaseException):\n    pass\n\nraise Stop('stop')\n",
+}
+
+
+@pytest.mark.parametrize("how", list(EXITS))
+def test_a_plugin_that_exits_while_loading_is_broken_entry_point(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    mod, name = unique("fake_exit"), unique("exit-q")
+    source = QUANTIZER_SOURCE.format(name=name) + EXITS[how]  # registers, then ends the program
+    fake_distribution(tmp_path, monkeypatch, "fake-exit", {"exit": mod}, {mod: source})
+    with pytest.warns(PluginWarning, match=rf"vqkit plugin exit \({mod}, from fake-exit 1.0\)"):
+        vqkit.load_plugins()
+    assert any(b.source.startswith("exit (") for b in discovery.broken)
+    assert name not in vqkit.quantizers and "vq" in vqkit.quantizers  # it contributes nothing
+
+
+def test_a_plugin_that_exits_through_the_variable_is_skipped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod = unique("fake_exit_env")
+    (tmp_path / f"{mod}.py").write_text(EXITS["sys.exit(0)"])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv(discovery.ENV_VAR, mod)
+    out = tmp_path / "m.safetensors"
+    code, text = run("build", "--latent-dim", "8", "-o", str(out))
+    assert code == 0 and out.exists()  # the command did its work
+    assert (
+        f"Warning: vqkit plugin {mod} failed to load and is skipped: SystemExit: it called sys.exit(0)"
+        in text
+    )
+
+
+def test_a_plugin_file_that_exits_is_an_error(tmp_path: Path) -> None:
+    plugin = tmp_path / "exits.py"
+    plugin.write_text(EXITS["sys.exit(0)"])
+    out = tmp_path / "m.safetensors"
+    code, text = run("--plugin", str(plugin), "build", "-o", str(out))
+    assert code == 1 and text.count("\n") == 1 and not out.exists()
+    assert f"Error: plugin {plugin} failed to load: SystemExit: it called sys.exit(0) while loading" in text
+    code, text = run("--plugin", str(plugin), "plugins")
+    assert code == 0 and "broken plugins (skipped):" in text and "SystemExit" in text
+
+
+# --- all or nothing -------------------------------------------------------------------------------------
+def test_a_callable_plugin_that_fails_takes_back_what_it_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mod, name = unique("fake_half"), unique("half-enc")
+    source = f"""
+        from vqkit.plugins.encoders.conv3 import Conv3Encoder
+
+        def register(r):
+            r.encoders.add("{name}", Conv3Encoder)
+            raise RuntimeError("half way")
+    """
+    fake_distribution(tmp_path, monkeypatch, "fake-half", {"half": f"{mod}:register"}, {mod: source})
+    with pytest.warns(PluginWarning, match="RuntimeError: half way"):
+        vqkit.load_plugins()
+    assert name not in vqkit.encoders
+
+
+def test_a_plugin_that_uses_one_name_twice_is_broken(tmp_path: Path) -> None:
+    name = unique("twice-q")
+    plugin = tmp_path / "twice.py"
+    plugin.write_text(QUANTIZER_SOURCE.format(name=name) + QUANTIZER_SOURCE.format(name=name))
+    with pytest.raises(VQKitError, match=rf"quantizer '{name}' is registered twice: by file .* and by file"):
+        vqkit.load_plugins([str(plugin)])
+    assert name not in vqkit.quantizers
+    code, text = run("--plugin", str(plugin), "build")
+    assert code == 1 and "two of its components share the name" in text
+
+
+# --- names already taken ----------------------------------------------------------------------------------
+def test_a_clash_on_the_command_line_says_which_flag_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plugin = tmp_path / "clash.py"
+    plugin.write_text(QUANTIZER_SOURCE.format(name="vq"))
+    code, text = run("--plugin", str(plugin), "build", "--quantizer", "vq")
+    assert code == 1 and text.count("\n") == 1
+    assert text.count("registered twice") == 1 and "override=True" not in text
+    assert f"load it with --plugin-override {plugin}" in text
+    monkeypatch.setenv("COLUMNS", "300")  # the temporary folder's path is long: keep lines whole
+    code, text = run("--plugin", str(plugin), "plugins")  # listed as broken, once, with the same way out
+    assert code == 0 and text.count("registered twice") == 1 and "Warning" not in text
+    assert f"to use it instead, load it with --plugin-override {plugin}" in text
+    out = tmp_path / "m.safetensors"
+    code, text = run("--plugin-override", str(plugin), "build", "--quantizer", "vq", "-o", str(out))
+    assert code == 0, text
+    assert vqkit.quantizers.entry("vq").origin == f"file {plugin}"
+    assert vqkit.quantizers.get("vq").__doc__ == "A fake quantizer for tests."
+
+
+def test_load_plugins_override_replaces_a_registered_name(tmp_path: Path) -> None:
+    plugin = tmp_path / "clash.py"
+    plugin.write_text(QUANTIZER_SOURCE.format(name="vq"))
+    with pytest.raises(VQKitError, match=r"by built-in and by file .*pass override=True"):
+        vqkit.load_plugins([str(plugin)])
+    assert vqkit.quantizers.entry("vq").origin == "built-in"
+    vqkit.load_plugins([str(plugin)], override=True)
+    assert vqkit.quantizers.entry("vq").origin == f"file {plugin}"
+
+
+# --- package folders -----------------------------------------------------------------------------------------
+def test_a_package_folder_loads_as_one_plugin(tmp_path: Path) -> None:
+    name, enc = unique("pkg-q"), unique("pkg-enc")
+    folder = tmp_path / "my_plugin"
+    folder.mkdir()
+    (folder / "__init__.py").write_text("from . import encoder, quantizer  # noqa: F401\n")
+    (folder / "quantizer.py").write_text(QUANTIZER_SOURCE.format(name=name))
+    (folder / "encoder.py").write_text(
+        "from vqkit.plugins.encoders.conv3 import Conv3Encoder\nfrom vqkit.registry import encoders\n\n"
+        f"encoders.register({enc!r})(type('PkgEncoder', (Conv3Encoder,), {{}}))\n"
+    )
+    out = tmp_path / "m.safetensors"
+    code, text = run(
+        "--plugin", f"{folder}/", "build", "--encoder", enc, "--decoder", "conv3", "--quantizer", name,
+        "--latent-dim", "8", "-o", str(out),
+    )  # fmt: skip
+    assert code == 0, text
+    assert vqkit.quantizers.entry(name).origin == f"folder {folder}/"
+    assert vqkit.encoders.entry(enc).origin == f"folder {folder}/"
+
+
+def test_a_folder_that_is_not_a_package_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = tmp_path / "loose"
+    folder.mkdir()
+    (folder / "q.py").write_text(QUANTIZER_SOURCE.format(name=unique("loose-q")))
+    code, text = run("--plugin", str(folder), "build")
+    assert code == 1 and text.count("\n") == 1
+    assert "a folder without __init__.py; a plugin folder must be a package" in text
+    monkeypatch.chdir(tmp_path)  # a folder named like a module: say how to name it as a path
+    code, text = run("--plugin", "loose", "build")
+    assert code == 1 and "give it as a path: ./loose" in text
+
+
+# --- the listing ------------------------------------------------------------------------------------------
+def test_plugins_name_says_a_named_plugin_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "300")  # the temporary folder's path is long: keep its line whole
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text("raise ImportError('needs a package that is not installed')\n")
+    code, text = run("--plugin", str(bad), "plugins", "vq")
+    assert code == 0 and "beta=0.25" in text
+    assert "plugins that failed to load:" in text and f"{bad}: ImportError: needs a package" in text
+
+
+def test_plugins_lines_fit_the_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plugin = tmp_path / "a_rather_long_plugin_file_name_to_show_in_the_origin_column.py"
+    objective = unique("wordy-objective")
+    plugin.write_text(
+        "from vqkit.registry import objectives\n\n\n"
+        f"@objectives.register({objective!r})\n"
+        "class Wordy:\n"
+        '    """A loss whose summary goes on and on, far past any terminal, so that the listing has to '
+        'wrap it onto several lines to keep each of them within the width the terminal offers."""\n\n'
+        "    def __init__(self, weight: float = 1.0, "
+        + ", ".join(f"w{i}: int = {i}" for i in range(20))
+        + "):\n"
+        "        pass\n"
+    )
+    for columns in (80, 50):
+        monkeypatch.setenv("COLUMNS", str(columns))
+        for args in (("plugins",), ("plugins", "--verbose"), ("plugins", objective)):
+            code, text = run("--plugin", str(plugin), *args)
+            assert code == 0, text
+            assert "objectives:" in text and objective in text
+            assert max(len(line) for line in text.splitlines()) <= columns, text
+
+
+def test_safe_distribution_name() -> None:
+    for good in ("vqkit-plugin-example", "vqkit-plugin-example==0.1.0", "a", "Pkg_1.x==2.0rc1+local.3"):
+        assert discovery.safe_distribution_name(good) == good
+    for bad in ("evilpkg; touch PWNED", "pkg==1.0; rm -rf ~", "-pkg", "pkg-", "pkg==", "p k g", "pkg==1!2",
+                "$(reboot)", "pkg==`x`", "", None, 3, "a" * 300):  # fmt: skip
+        assert discovery.safe_distribution_name(bad) is None

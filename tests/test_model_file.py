@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,250 @@ def test_encode_decode_check_user_input() -> None:
 def test_summary_reports_grid_and_bits() -> None:
     info = vqkit.build_model(seed=0).summary()
     assert info["grid"] == [4, 4] and info["codebook_size"] == 512 and info["bits_per_image"] == 16 * 9
+
+
+# --- every resolved option is recorded ----------------------------------------------------------------------
+def test_model_file_records_every_resolved_option_and_version(tmp_path: Path) -> None:
+    model = vqkit.build_model(quantizer_options={"beta": 0.5}, seed=0)
+    spec, _ = vqkit.read_spec(vqkit.save(model, tmp_path / "m.safetensors"))
+    assert spec.quantizer_options == {"beta": 0.5}  # what the user set stays apart
+    assert spec.resolved_options["quantizer"] == {
+        "beta": 0.5,
+        "init": "kmeans",
+        "restart_after": 50,
+        "estimator": "ste",
+    }
+    assert spec.resolved_options["decoder"] == {"widths": [128, 64, 32], "head": "conv"}
+    assert spec.versions == {part: vqkit.__version__ for part in ("encoder", "quantizer", "decoder")}
+    assert model.resolved_options == spec.resolved_options
+    assert "init='kmeans' restart_after=50" in model.describe()
+    info = model.summary()["quantizer"]
+    assert info["options"] == {"beta": 0.5} and info["resolved_options"]["restart_after"] == 50
+    assert info["version"] == vqkit.__version__
+
+
+def _trained(seed: int = 0) -> vqkit.VQVAE:
+    """A model whose codebook and weights moved away from their initial values (a few optimizer steps)."""
+    model = vqkit.build_model(channels=1, image_size=16, latent_dim=8, codebook_size=16, seed=seed)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(3):
+        out = model(torch.rand(8, 1, 16, 16, generator=g) * 2 - 1)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def _change_default(
+    monkeypatch: pytest.MonkeyPatch, kind: str, name: str, option: str, value: object
+) -> None:
+    """As if a later version changed a component's default: its constructor and its registry entry."""
+    import dataclasses
+
+    from vqkit.registry import REGISTRIES
+
+    entry = REGISTRIES[kind].entry(name)
+    init = entry.obj.__init__
+    params = list(inspect.signature(init).parameters)[1:]
+    defaults = list(init.__defaults__)
+    defaults[params.index(option) - (len(params) - len(defaults))] = value
+    monkeypatch.setattr(init, "__defaults__", tuple(defaults))
+    options = [dataclasses.replace(o, default=value) if o.name == option else o for o in entry.options]
+    monkeypatch.setattr(entry, "options", options)
+
+
+def test_a_changed_default_does_not_change_a_saved_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _trained()
+    path = vqkit.save(model, tmp_path / "m.safetensors")
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(9)) * 2 - 1
+    with torch.no_grad():
+        want = model(x).reconstruction
+    # The decoder's head changes its weights' shapes, the quantizer's beta its loss: both defaults move.
+    _change_default(monkeypatch, "decoder", "conv3", "head", "transpose")
+    _change_default(monkeypatch, "quantizer", "vq", "beta", 1.0)
+    assert (
+        vqkit.build_model(channels=1, image_size=16).spec.resolved_options["decoder"]["head"] == "transpose"
+    )
+    loaded = vqkit.load(path)
+    assert loaded.resolved_options == model.resolved_options and loaded.quantizer.beta == 0.25
+    with torch.no_grad():
+        assert torch.equal(loaded(x).reconstruction, want)
+        assert torch.equal(loaded(x).loss, model(x).loss)
+
+
+def _rewrite_spec(path: Path, out: Path, edit) -> Path:
+    """A copy of a model file whose spec (a JSON dict) went through ``edit``."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    data = json.loads(meta["vqkit.spec"])
+    edit(data)
+    meta["vqkit.spec"] = json.dumps(data)
+    save_file(load_file(str(path)), str(out), metadata=meta)
+    return out
+
+
+def test_an_old_file_without_resolved_options_still_loads(tmp_path: Path) -> None:
+    model = _trained()
+    path = vqkit.save(model, tmp_path / "m.safetensors")
+
+    def as_format_1(data: dict) -> None:
+        for key in ("resolved_options", "versions"):
+            del data[key]
+        data["format"] = 1
+
+    old = _rewrite_spec(path, tmp_path / "old.safetensors", as_format_1)
+    loaded = vqkit.load(old)
+    assert loaded.resolved_options == model.resolved_options  # filled from today's defaults
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x).reconstruction, model(x).reconstruction)
+
+
+# --- a spec from someone else's file is checked before anything is built ---------------------------------------
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("codebook_size", 2**38, "field codebook_size does not fit the stored tensors"),
+        ("image_size", 400000, "image_size must lie in"),
+        ("image_size", -32, "image_size must lie in"),
+        ("channels", "abc", "channels must be an integer"),
+        ("channels", 2, "field channels does not fit the stored tensors"),
+        ("latent_dim", 1.5, "latent_dim must be an integer"),
+        ("encoder_options", [1, 2], "encoder_options must be a JSON object"),
+        ("quantizer", 7, "quantizer must be a component name"),
+        ("value_range", [1, -1], "value_range must be"),
+        ("format", 99, "newer vqkit"),
+    ],
+)
+def test_malformed_specs_are_one_clear_error_naming_the_field(
+    tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    from cli_run import run
+
+    good = vqkit.save(vqkit.build_model(seed=0), tmp_path / "m.safetensors")
+    bad = _rewrite_spec(good, tmp_path / "bad.safetensors", lambda d: d.__setitem__(field, value))
+    with pytest.raises(ModelFileError, match=message) as info:
+        vqkit.load(bad)
+    assert "\n" not in str(info.value)
+    code, text = run("export", str(bad), "-o", str(tmp_path / "out"))
+    assert code != 0 and message in text and text.strip().count("\n") == 0, text
+
+
+def test_missing_plugin_origin_is_never_shown_as_a_command(tmp_path: Path) -> None:
+    good = vqkit.save(vqkit.build_model(seed=0), tmp_path / "m.safetensors")
+
+    def hostile(data: dict) -> None:
+        data["quantizer"] = "evil-q"
+        data["origins"]["quantizer"] = "evilpkg; touch PWNED"
+
+    bad = _rewrite_spec(good, tmp_path / "bad.safetensors", hostile)
+    with pytest.raises(ModelFileError) as info:
+        vqkit.load(bad)
+    message = str(info.value)
+    assert "unknown quantizer 'evil-q'" in message and "not installed" in message
+    assert "pip install" not in message and "PWNED" not in message and "Did you mean" not in message
+
+    def plausible(data: dict) -> None:
+        data["quantizer"] = "evil-q"
+        data["origins"]["quantizer"] = "vq-extras==1.2.0"
+
+    named = _rewrite_spec(good, tmp_path / "named.safetensors", plausible)
+    with pytest.raises(ModelFileError, match=r"unknown quantizer 'evil-q'.*pip install vq-extras==1\.2\.0$"):
+        vqkit.load(named)
+
+
+def test_install_hint_accepts_only_package_names() -> None:
+    from vqkit.modelfile import install_hint
+
+    assert install_hint("vqkit-plugin-example==0.1.0") == "pip install vqkit-plugin-example==0.1.0"
+    assert install_hint("some.pkg_name") == "pip install some.pkg_name"
+    for text in ("evilpkg; touch PWNED", "a==1.0; rm -rf ~", "$(id)", "-e .", "pkg==1.0+local", "", None, 3):
+        assert install_hint(text) is None, text
+
+
+# --- images in: uint8 pixels or floats in [-1, 1], as the runtime takes them -----------------------------------
+def test_encode_takes_uint8_pixels_like_the_runtime() -> None:
+    from vqkit import pixels
+
+    model = vqkit.build_model(seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    hwc = torch.randint(0, 256, (3, 32, 32, 3), generator=g, dtype=torch.uint8)
+    as_float = hwc.permute(0, 3, 1, 2).float() / 127.5 - 1
+    assert torch.equal(model.encode(hwc), model.encode(as_float))
+    assert torch.equal(model.encode(hwc.numpy()), model.encode(pixels.to_float(hwc.permute(0, 3, 1, 2))))
+    one = model.encode(hwc[0])  # one image in, one code grid out
+    assert one.shape == (4, 4) and torch.equal(one, model.encode(hwc)[0])
+    assert model.decode(one).shape == (3, 32, 32)
+    with pytest.raises(ShapeError, match="channels-last"):
+        model.encode(hwc.permute(0, 3, 1, 2).contiguous())
+
+
+def test_encode_refuses_floats_far_outside_the_range() -> None:
+    model = vqkit.build_model(seed=0).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    model.encode(x * 1.0005)  # rounding in a user's conversion is tolerated
+    with pytest.raises(ShapeError, match=r"must lie in \[-1, 1\].*pass uint8"):
+        model.encode(x * 127.5 + 127.5)
+    with pytest.raises(ShapeError, match="NaN"):
+        model.encode(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(ShapeError, match="must be uint8"):
+        model.encode(torch.zeros(1, 3, 32, 32, dtype=torch.int32))
+
+
+# --- the Hugging Face layout ------------------------------------------------------------------------------------
+def test_hf_folder_and_single_file_hold_the_same_model(tmp_path: Path) -> None:
+    import json
+
+    model = _trained()
+    file = vqkit.save(model, tmp_path / "m.safetensors")
+    folder = vqkit.save(model, tmp_path / "m-hf", layout="hf")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "vqkit" and config["quantizer"] == "vq" and config["codebook_size"] == 16
+    a, b = vqkit.load(file), vqkit.load(folder)
+    assert a.spec == b.spec == vqkit.read_spec(folder)[0]
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    x = torch.rand(2, 1, 16, 16) * 2 - 1
+    assert torch.equal(a.decode(a.encode(x)), b.decode(b.encode(x)))
+    # The folder's weights file is itself a complete vqkit model file.
+    assert vqkit.load(folder / "model.safetensors").spec == a.spec
+
+
+def test_hf_save_keeps_the_users_files_and_refuses_foreign_ones(tmp_path: Path) -> None:
+    model = vqkit.build_model(seed=0)
+    folder = vqkit.save(model, str(tmp_path / "m") + "/")  # a trailing separator asks for a folder
+    (folder / "README.md").write_text("my model card")
+    vqkit.save(vqkit.build_model(seed=1), folder)  # an existing folder: the same layout, replaced in place
+    assert (folder / "README.md").read_text() == "my model card"
+    assert torch.equal(
+        vqkit.load(folder).encoder.net[0].weight, vqkit.build_model(seed=1).encoder.net[0].weight
+    )
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(vqkit.VQKitError, match="not a vqkit model's config; not overwriting"):
+        vqkit.save(model, other, layout="hf")
+    assert (other / "config.json").read_text() == '{"model_type": "bert"}'
+    with pytest.raises(ModelFileError, match="not a vqkit model"):
+        vqkit.load(other)
+
+
+def test_hf_folder_whose_config_disagrees_with_its_weights_is_refused(tmp_path: Path) -> None:
+    import json
+
+    folder = vqkit.save(vqkit.build_model(seed=0), tmp_path / "m", layout="hf")
+    config = json.loads((folder / "config.json").read_text())
+    config["codebook_size"] = 2**38
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelFileError, match="describe different models"):
+        vqkit.load(folder)
+    with pytest.raises(ModelFileError, match="not a vqkit model: a model folder holds"):
+        vqkit.load(tmp_path)

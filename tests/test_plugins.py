@@ -106,3 +106,28 @@ def test_a_model_whose_plugin_is_missing_says_what_to_install(tmp_path: Path) ->
         assert result.output.startswith("Error: ") and f"pip install {DIST}=={VERSION}" in result.output
         assert not (tmp_path / "out").exists()
     assert vqkit.load(path).spec.quantizer == "example-vq"
+
+
+def test_plugin_file_of_an_installed_plugin_says_how_to_use_it(tmp_path: Path) -> None:
+    """A plugin author edits a copy of an installed plugin's module and loads it with --plugin."""
+    import vqkit_plugin_example.quantizer as installed
+
+    copy = tmp_path / "quantizer.py"
+    copy.write_text(Path(installed.__file__).read_text().replace("keeps every code", "keeps all codes"))
+    with discovery.preserved_state():
+        result = CliRunner().invoke(cli, ["--plugin", str(copy), "build", "--quantizer", "example-vq"])
+        assert result.exit_code == 1 and result.output.count("\n") == 1  # one message, printed once
+        assert result.output.startswith(f"Error: plugin {copy} failed to load: quantizer 'example-vq' is ")
+        assert f"by {DIST} {VERSION} and by file {copy}" in result.output
+        assert (
+            f"load it with --plugin-override {copy}" in result.output and "override=True" not in result.output
+        )
+        out = tmp_path / "m.safetensors"
+        args = ["--plugin-override", str(copy), "build", "--quantizer", "example-vq", "-o", str(out)]
+        text = run(*args)
+        assert "example-vq" in text
+        entry = vqkit.quantizers.entry("example-vq")
+        assert entry.origin == f"file {copy}" and entry.summary.startswith(
+            "Nearest-code VQ that keeps all codes"
+        )
+    assert vqkit.quantizers.entry("example-vq").origin == f"{DIST} {VERSION}"

@@ -140,3 +140,52 @@ def test_ddp_ranks_end_with_the_same_codebook_state(tmp_path) -> None:
         assert torch.equal(states[0][key], states[1][key]), key
     restarts = [v for k, v in states[0].items() if k.endswith("upkeep.restarts")]
     assert restarts and sum(int(r) for r in restarts) > 0, "the test must exercise restarts"
+
+
+CODEBOOK_KINDS = ["vq", "ema", "cosine", "simvq"]
+
+
+@pytest.mark.parametrize("composite", ["rvq", "gvq"])
+@pytest.mark.parametrize("kind", CODEBOOK_KINDS)
+def test_rvq_and_gvq_stack_any_codebook_kind(composite: str, kind: str) -> None:
+    torch.manual_seed(0)
+    q = quantizers.get(composite)(8, 16, codebook=kind)
+    parts = q.stages if composite == "rvq" else q.groups
+    assert all(type(p) is quantizers.get(kind) for p in parts)
+    warm_up(q)
+    q.eval()
+    z = latents(q, seed=3)
+    with torch.no_grad():
+        out = q(z)
+        idx = q.quantize(z)
+    assert idx.shape == codes_shape(q, 4, 4, 4) and torch.equal(idx, out.indices)
+    torch.testing.assert_close(q.dequantize(idx), out.z_q, rtol=1e-5, atol=1e-5)
+
+
+def test_codebook_ema_is_the_older_ema_flag() -> None:
+    torch.manual_seed(0)
+    old = quantizers.get("rvq")(8, 16, ema=True)
+    torch.manual_seed(0)
+    new = quantizers.get("rvq")(8, 16, codebook="ema")
+    assert old.state_dict().keys() == new.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(old.state_dict().values(), new.state_dict().values()))
+    with pytest.raises(ValueError, match="codebook must be one of .*cosine"):
+        quantizers.get("gvq")(8, 16, codebook="fsq")
+    with pytest.raises(ValueError, match="set only codebook"):
+        quantizers.get("gvq")(8, 16, ema=True, codebook="cosine")
+
+
+def test_one_stage_rvq_gives_single_codebook_codes() -> None:
+    """With one codebook the contract's codes are [B, h, w], which the model's decode accepts."""
+    q = quantizers.get("rvq")(8, 16, stages=1).eval()
+    z = latents(q)
+    idx = q.quantize(z)
+    assert idx.shape == (4, 4, 4) and q(z).indices.shape == (4, 4, 4)
+    assert q.dequantize(idx).shape == z.shape
+
+
+def test_every_built_in_quantizer_shares_the_layout_base() -> None:
+    from vqkit.codebook import Codebook, FlatQuantizer
+
+    assert all(issubclass(quantizers.get(n), FlatQuantizer) for n in NAMES)
+    assert all(issubclass(quantizers.get(n), Codebook) for n in CODEBOOK_KINDS)

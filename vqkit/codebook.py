@@ -1,5 +1,7 @@
-"""Shared pieces of every codebook quantizer: the nearest-code search, usage statistics, k-means
-initialisation, dead-code restart, EMA statistics and the rotation-trick gradient estimator.
+"""Shared pieces of the quantizers: :class:`FlatQuantizer` (the ``[B, D, h, w]`` <-> ``[N, D]`` layout, written
+once), :class:`Codebook` (a learnt codebook searched by nearest neighbour: vq, ema, cosine, simvq, and the stages
+of rvq/gvq), the nearest-code search, usage statistics, k-means initialisation, dead-code restart, EMA
+statistics and the rotation-trick gradient estimator.
 
 The search (:mod:`vqkit.search`) computes distances in fp32, also under bf16 autocast, and exports to ONNX.
 
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit import search
+from vqkit.contracts import Quantized, Quantizer, channels_last_flat, unflatten_channels_first
 from vqkit.distributed import all_reduce_sum_, broadcast_
 
 
@@ -40,9 +43,17 @@ def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
     return counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
 
 
+# Above this many codes a [K] histogram would take more memory than the codes it describes (lfq with many bits):
+# count the codes that occur instead (torch.unique, a device sync).
+HISTOGRAM_MAX_CODES = 2**24
+
+
 def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
     """Perplexity and number of distinct codes in a batch of indices, from a histogram (no one-hot)."""
-    counts = code_counts(indices, codebook_size)
+    if codebook_size > HISTOGRAM_MAX_CODES:
+        counts = torch.unique(indices.reshape(-1), return_counts=True)[1].float()
+    else:
+        counts = code_counts(indices, codebook_size)
     probs = counts / counts.sum().clamp_min(1)
     entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum()
     return {"perplexity": torch.exp(entropy).detach(), "codes_used": (counts > 0).sum().float().detach()}
@@ -226,3 +237,179 @@ class CodebookUpkeep(nn.Module):
         self.restarts += n
         self.last_used[dead] = self.step
         return broadcast_(rows)
+
+
+class FlatQuantizer(Quantizer):
+    """A quantizer that treats every latent vector on its own: subclasses work on rows ``[N, D]`` and this
+    base does the ``[B, D, h, w]`` <-> ``[N, D]`` layout (row order b, h, w) for all of them.
+
+    Subclasses implement:
+
+    - ``forward_flat(rows) -> Quantized`` with ``z_q [N, D]`` and ``indices [N]`` (one codebook) or
+      ``[N, S]`` (``S = num_codebooks``);
+    - ``quantize_flat(rows) -> indices`` (``[N]`` or ``[N, S]``), pure and traceable;
+    - ``dequantize_flat(indices) -> rows [N, D]`` (``indices`` as ``quantize_flat`` gives them).
+
+    With one codebook the codes are ``[B, h, w]``, with S codebooks ``[B, h, w, S]``; ``z_q`` takes the
+    latents' dtype.
+    """
+
+    def forward_flat(self, rows: torch.Tensor) -> Quantized:  # pragma: no cover - contract
+        raise NotImplementedError
+
+    def quantize_flat(self, rows: torch.Tensor) -> torch.Tensor:  # pragma: no cover - contract
+        raise NotImplementedError
+
+    def dequantize_flat(self, indices: torch.Tensor) -> torch.Tensor:  # pragma: no cover - contract
+        raise NotImplementedError
+
+    def _grid(self, indices: torch.Tensor, b: int, h: int, w: int) -> torch.Tensor:
+        if self.num_codebooks == 1:
+            return indices.reshape(b, h, w)
+        return indices.reshape(b, h, w, self.num_codebooks)
+
+    def forward(self, z: torch.Tensor) -> Quantized:
+        b, _, h, w = z.shape
+        q = self.forward_flat(channels_last_flat(z))
+        z_q = unflatten_channels_first(q.z_q, b, h, w).to(z.dtype)
+        return Quantized(z_q, self._grid(q.indices, b, h, w), q.loss, q.stats)
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = z.shape
+        return self._grid(self.quantize_flat(channels_last_flat(z)), b, h, w)
+
+    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
+        b, h, w = indices.shape[0], indices.shape[1], indices.shape[2]
+        s = self.num_codebooks
+        rows = indices.reshape(b * h * w) if s == 1 else indices.reshape(b * h * w, s)
+        return unflatten_channels_first(self.dequantize_flat(rows), b, h, w)
+
+
+INITS = ("normal", "uniform", "kmeans")
+
+
+class Codebook(FlatQuantizer):
+    """A learnt codebook of ``codebook_size`` codes of ``dim`` values, searched by nearest neighbour, with its
+    upkeep (k-means init, dead-code restarts) and the ste/rotation estimator: the machinery of vq and of the
+    quantizers built on it (ema, cosine, simvq). rvq and gvq stack any registered subclass as their stages.
+
+    ``init``: ``"uniform"`` draws U(-1/K, 1/K) (the original VQ-VAE codebook), ``"normal"`` N(0, 1) like
+    ``nn.Embedding``, ``"kmeans"`` runs k-means++ on the first training batch's latents.
+    ``restart_after=N`` re-seeds codes unused for N training steps (0: never).
+
+    Subclasses change only the hooks: :meth:`codebook`, ``_normalise``, ``_loss``, ``_update``,
+    ``_seed_rows``, ``_set_rows``; the search, the upkeep and the estimator stay here.
+    """
+
+    def __init__(
+        self,
+        dim: int | None,
+        codebook_size: int | None,
+        beta: float,
+        init: str,
+        restart_after: int,
+        estimator: str,
+    ) -> None:
+        super().__init__()
+        self.dim = int(dim or 64)
+        self.codebook_size = int(codebook_size or 512)
+        if self.dim < 1 or self.codebook_size < 2:
+            raise ValueError(
+                f"need dim >= 1 and codebook_size >= 2, got dim={self.dim} and codebook_size={self.codebook_size}"
+            )
+        if init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+        self.beta = float(beta)
+        self.init = init
+        self.estimator = check_estimator(estimator)
+        self.embedding = nn.Embedding(self.codebook_size, self.dim)
+        if init == "uniform":
+            self.embedding.weight.data.uniform_(-1 / self.codebook_size, 1 / self.codebook_size)
+        self.upkeep = CodebookUpkeep(self.codebook_size, init == "kmeans", restart_after)
+
+    # --- hooks for subclasses ---------------------------------------------------------------------------
+    def codebook(self) -> torch.Tensor:
+        """The codes the search runs against, ``[K, D]`` (with gradients where they are learnt)."""
+        return self.embedding.weight
+
+    def _normalise(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat
+
+    def _loss(self, flat: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """Codebook loss + beta x commitment loss (fp32)."""
+        return F.mse_loss(codes.float(), flat.detach().float()) + self.beta * F.mse_loss(
+            codes.detach().float(), flat.float()
+        )
+
+    def _update(self, flat: torch.Tensor, indices: torch.Tensor, counts: torch.Tensor) -> None:
+        """Buffer updates after the search (EMA); gradient-trained codebooks do nothing."""
+
+    def _seed_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """Raw codebook rows that make ``codebook()`` equal ``flat`` (identity unless re-parameterised)."""
+        return flat
+
+    @torch.no_grad()
+    def _set_rows(self, mask: torch.Tensor | None, rows: torch.Tensor) -> None:
+        """Overwrite codebook rows (all rows when ``mask`` is None) after k-means or a restart."""
+        w = self.embedding.weight.data
+        if mask is None:
+            w.copy_(rows.to(w.dtype))
+        else:
+            w[mask] = rows.to(w.dtype)
+
+    # --- training path ------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _keep_healthy(self, flat: torch.Tensor) -> None:
+        """k-means on the first batch, then re-seed dead codes from this batch (before the search, so they
+        compete at once and no tensor saved for backward is modified)."""
+        up = self.upkeep
+        if up.needs_init():
+            self._set_rows(None, self._seed_rows(kmeans(flat, self.codebook_size, up.kmeans_iters)))
+            up.mark_initialised()
+        if not up.restart_check_due():
+            return
+        dead = up.dead_codes()
+        if bool(dead.any()):  # a device sync, but only every check_every steps
+            codebook = self.codebook().detach().float()
+            error = ((flat.float() - codebook[nearest_code(flat, codebook)]) ** 2).sum(-1)
+            self._set_rows(dead, self._seed_rows(up.replacements(flat, dead, error)))
+
+    def lookup_flat(
+        self, flat: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Training search on rows ``[N, D]``: (normalised rows, their codes, int64 indices ``[N]``, loss).
+
+        Runs the upkeep (k-means, restarts) and buffer updates in training; no estimator is applied, so
+        composite quantizers (rvq, gvq) can apply one to their total.
+        """
+        flat = self._normalise(flat)
+        if self.training:
+            self._keep_healthy(flat.detach())
+        codebook = self.codebook()
+        indices = nearest_code(flat.detach(), codebook)
+        codes = F.embedding(indices, codebook)
+        loss = self._loss(flat, codes)
+        if self.training:
+            counts = self.upkeep.record(indices)
+            self._update(flat.detach(), indices, counts)
+        return flat, codes, indices, loss
+
+    def search(self, flat: torch.Tensor) -> torch.Tensor:
+        """Pure nearest-code search on rows ``[N, D]`` -> int64 ``[N]`` (no buffer updates)."""
+        return nearest_code(self._normalise(flat), self.codebook())
+
+    def embed(self, indices: torch.Tensor) -> torch.Tensor:
+        """Codes of int64 ``indices`` (any shape) -> ``[..., D]``."""
+        return F.embedding(indices, self.codebook())
+
+    # --- the FlatQuantizer contract -------------------------------------------------------------------
+    def forward_flat(self, rows: torch.Tensor) -> Quantized:
+        flat, codes, indices, loss = self.lookup_flat(rows)
+        flat_q = estimate(flat, codes.to(flat.dtype), self.estimator)
+        return Quantized(flat_q, indices, loss, code_stats(indices, self.codebook_size))
+
+    def quantize_flat(self, rows: torch.Tensor) -> torch.Tensor:
+        return self.search(rows)
+
+    def dequantize_flat(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.embed(indices)

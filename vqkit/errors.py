@@ -13,7 +13,22 @@ class UnknownComponentError(VQKitError, KeyError):
 
 
 class DuplicateComponentError(VQKitError):
-    pass
+    """Two sources register different components under one name. ``clash`` names both sources; the
+    message adds how to replace one on purpose, which depends on how the second one was registered."""
+
+    def __init__(self, kind: str, name: str, first: str, second: str, hint: str = "") -> None:
+        self.kind, self.name, self.first, self.second = kind, name, first, second
+        self.clash = f"{kind} {name!r} is registered twice: by {first} and by {second}"
+        super().__init__(f"{self.clash} ({hint})" if hint else self.clash)
+
+
+class PluginLoadError(VQKitError):
+    """A plugin the user named explicitly failed to load. ``source`` is the plugin as named, ``cause`` the
+    error it raised (a :class:`DuplicateComponentError` when its names were taken)."""
+
+    def __init__(self, source: str, cause: BaseException, message: str) -> None:
+        self.source, self.cause = source, cause
+        super().__init__(f"plugin {source} failed to load: {message}")
 
 
 class OptionError(VQKitError):

@@ -1,8 +1,10 @@
-"""How well a model reconstructs images: MSE, PSNR, code usage, perplexity, bits per image.
+"""How well a model reconstructs images: MSE, PSNR, SSIM (and LPIPS when its weights are present), code
+usage, perplexity, bits per image.
 
 Conventions: images are compared in the model's [-1, 1] range through the inference path a user gets
 (``encode`` then ``decode``); PSNR is ``10 log10(4 / MSE)`` (peak-to-peak 2), the same number as PSNR on
-0..1 or 0..255 images, taken from the mean MSE over all images. Code usage counts the distinct codes over the
+0..1 or 0..255 images, taken from the mean MSE over all images. SSIM and LPIPS are the registered ``ssim`` and
+``lpips`` objectives' measures (SSIM on images mapped to [0, 1], Gaussian window), averaged over images. Code usage counts the distinct codes over the
 whole set; with several codebooks (residual/grouped) it and the perplexity are averaged over the codebooks.
 """
 
@@ -53,14 +55,56 @@ def reconstruct(
     return torch.cat(codes), torch.cat(recons)
 
 
+def _perceptual(lpips: bool | str | None, device: torch.device) -> torch.nn.Module | None:
+    """The ``lpips`` objective when asked for (True or a weight file: its weights must load) or, with
+    ``"auto"``, when its default weight file exists; else None."""
+    from vqkit.discovery import load_plugins
+    from vqkit.registry import objectives
+
+    if lpips is None or lpips is False:
+        return None
+    load_plugins()
+    if "lpips" not in objectives:
+        return None
+    if lpips == "auto":
+        from vqkit.plugins.objectives.lpips import default_weights_path
+
+        if not default_weights_path().is_file():
+            return None
+        lpips = True
+    weights = None if lpips is True else str(lpips)
+    return objectives.get("lpips")(weights=weights).to(device)
+
+
+def _ssim_sum(x: torch.Tensor, recon: torch.Tensor) -> torch.Tensor:
+    """Sum over the batch of each image's SSIM, through the registered ``ssim`` objective (1 - SSIM)."""
+    from vqkit.discovery import load_plugins
+    from vqkit.registry import objectives
+
+    load_plugins()
+    loss = objectives.get("ssim")()(x, recon, step=0, last_layer=None)
+    return (1 - loss.double()) * len(x)
+
+
 @torch.no_grad()
-def evaluate(model: VQVAE, images: np.ndarray | torch.Tensor, *, batch_size: int = 256) -> dict[str, Any]:
+def evaluate(
+    model: VQVAE,
+    images: np.ndarray | torch.Tensor,
+    *,
+    batch_size: int = 256,
+    lpips: bool | str | None = "auto",
+) -> dict[str, Any]:
     """Reconstruction quality and code usage of ``model`` on ``images`` (uint8 or float ``[N, C, H, W]``).
 
-    Returns a JSON-ready dict: ``mse``, ``psnr``, ``codes_used``, ``codebook_size``, ``usage`` (codes used /
-    codebook size), ``perplexity``, ``bits_per_image``, ``images``.
+    Returns a JSON-ready dict: ``mse``, ``psnr``, ``ssim``, ``codes_used``, ``codebook_size``, ``usage``
+    (codes used / codebook size), ``perplexity``, ``bits_per_image``, ``images``; and ``lpips`` when measured.
+    ``lpips``: ``"auto"`` measures it when the ``lpips`` objective's default weight file exists, True (or a
+    weight file's path) requires it, None/False leaves it out.
     """
     device = next(model.parameters()).device
+    perceptual = _perceptual(lpips, device)
+    ssim_sum = torch.zeros((), dtype=torch.float64, device=device)
+    lpips_sum = torch.zeros((), dtype=torch.float64, device=device)
     sq_err = torch.zeros((), dtype=torch.float64, device=device)
     count = 0
     k = int(model.quantizer.codebook_size)
@@ -71,6 +115,9 @@ def evaluate(model: VQVAE, images: np.ndarray | torch.Tensor, *, batch_size: int
         codes, recon = reconstruct(model, chunk, batch_size=batch_size)
         x = _as_float_batch(chunk, device)
         sq_err += ((recon - x) ** 2).sum(dtype=torch.float64)
+        ssim_sum += _ssim_sum(x, recon)
+        if perceptual is not None:
+            lpips_sum += perceptual.distance(x, recon).sum(dtype=torch.float64)
         count += x.numel()
         flat = codes.reshape(-1, s)
         for j in range(s):
@@ -79,10 +126,14 @@ def evaluate(model: VQVAE, images: np.ndarray | torch.Tensor, *, batch_size: int
     probs = hist / hist.sum(dim=1, keepdim=True).clamp_min(1)
     entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(dim=1)
     codes_used = float((hist > 0).sum(dim=1).double().mean())
+    n = max(len(images), 1)
+    extra = {"lpips": float(lpips_sum) / n} if perceptual is not None else {}
     return {
         "images": len(images),
         "mse": mse,
         "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf,
+        "ssim": float(ssim_sum) / n,
+        **extra,
         "codes_used": int(codes_used) if s == 1 else codes_used,
         "codebook_size": k,
         "usage": codes_used / k,
@@ -138,17 +189,19 @@ def reconstruct_files(
     *,
     device: str = "auto",
     per_row: int = 8,
+    scale: int | None = None,
 ) -> dict[str, Any]:
     """``vqkit reconstruct``: encode and decode image files, write a grid with each row of originals above
     the row of their reconstructions (``per_row`` images a row), and return ``{"images", "mse", "psnr"}``.
-    Files are converted to the model's channels and resized/cropped to its size; a file smaller than that
-    is an error naming it."""
+    A folder in ``paths`` stands for every image file under it (recursive, sorted). Files are converted to
+    the model's channels and resized/cropped to its size; a file smaller than that is an error naming it."""
     from vqkit.data import DataError
     from vqkit.device import resolve_device
-    from vqkit.images import read_image
+    from vqkit.images import expand_image_paths, read_image
     from vqkit.modelfile import load, read_spec
 
     spec, _ = read_spec(model_path)
+    paths = expand_image_paths(paths)
     size = spec.image_size
     originals = []
     for p in paths:
@@ -167,7 +220,7 @@ def reconstruct_files(
         for block in (images[i : i + cols], recon_u8[i : i + cols]):
             pad = np.zeros((cols - len(block), *block.shape[1:]), dtype=np.uint8)
             rows.append(np.concatenate([block, pad]))
-    write_grid(np.concatenate(rows), output, nrow=cols)
+    write_grid(np.concatenate(rows), output, nrow=cols, scale=scale)
     mse = float(((recon.float().cpu() - torch.from_numpy(to_float(images))) ** 2).mean())
     return {"images": n, "mse": mse, "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
 

@@ -147,6 +147,23 @@ def find_images(folder: str | os.PathLike[str]) -> list[Path]:
     return [root / n for n in find_image_names(root)]
 
 
+def expand_image_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, and each folder as every image file under it (recursive, sorted); an empty folder or a
+    missing path is an error naming it."""
+    out: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found = find_images(item)
+            if not found:
+                raise VQKitError(f"no image files in folder {item}")
+            out.extend(found)
+        elif item.exists():
+            out.append(item)
+        else:
+            raise VQKitError(f"no such image file or folder: {item}")
+    return out
+
+
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Float ``[-1, 1]`` -> uint8 0..255 (uint8 input is returned as is)."""
     if images.dtype == np.uint8:
@@ -186,9 +203,30 @@ def write_image(array_hwc: np.ndarray, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def write_grid(images: np.ndarray, path: str | os.PathLike[str], nrow: int | None = None) -> Path:
-    """Tile ``[N, C, H, W]`` images into one PNG."""
-    return write_image(make_grid(images, nrow), path)
+# Sheets are enlarged (nearest neighbour, whole factors) until a tile is about this many pixels tall: a
+# 32x32 image written at its native size is too small to judge by eye.
+SHEET_TILE = 96
+
+
+def sheet_scale(image_size: int, scale: int | None = None) -> int:
+    """The whole-number enlargement of a sheet of ``image_size`` tiles: ``scale``, or by default enough to make
+    a tile about 96 pixels (1 for images that large already)."""
+    if scale is not None:
+        if scale < 1:
+            raise VQKitError(f"scale must be a whole number of at least 1, got {scale}")
+        return int(scale)
+    return max(1, min(8, round(SHEET_TILE / max(image_size, 1))))
+
+
+def write_grid(
+    images: np.ndarray, path: str | os.PathLike[str], nrow: int | None = None, scale: int | None = None
+) -> Path:
+    """Tile ``[N, C, H, W]`` images into one PNG, enlarged by ``scale`` (default: :func:`sheet_scale`)."""
+    grid = make_grid(images, nrow)
+    factor = sheet_scale(int(np.asarray(images).shape[-2]), scale)
+    if factor > 1:
+        grid = grid.repeat(factor, axis=0).repeat(factor, axis=1)
+    return write_image(grid, path)
 
 
 def write_images(

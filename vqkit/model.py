@@ -2,57 +2,30 @@
 
 from __future__ import annotations
 
-import json
+import itertools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqkit import pixels, presets
 from vqkit._version import __version__
 from vqkit.contracts import Quantized
 from vqkit.discovery import load_plugins
 from vqkit.errors import OptionError, ShapeError, VQKitError
 from vqkit.options import validate_options
-from vqkit.registry import decoders, encoders, quantizers
+from vqkit.registry import REGISTRIES, Entry, decoders, encoders
+from vqkit.spec import PARTS, SPEC_FORMAT, ModelSpec, spec_problem
 
-SPEC_FORMAT = 1
+__all__ = ["SPEC_FORMAT", "VQVAE", "ModelSpec", "VQVAEOutput", "build_from_spec", "build_model"]
 
-
-@dataclass
-class ModelSpec:
-    """Everything needed to rebuild a model: stored as JSON in the model file's metadata."""
-
-    encoder: str = "conv3"
-    quantizer: str = "vq"
-    decoder: str = "conv3"
-    encoder_options: dict[str, Any] = field(default_factory=dict)
-    quantizer_options: dict[str, Any] = field(default_factory=dict)
-    decoder_options: dict[str, Any] = field(default_factory=dict)
-    channels: int = 3
-    image_size: int = 32
-    latent_dim: int = 64
-    codebook_size: int = 512
-    value_range: tuple[float, float] = (-1.0, 1.0)
-    # Which distribution each component came from ("vqkit-plugin-example==0.1.0"); None for built-ins.
-    origins: dict[str, str | None] = field(default_factory=dict)
-    vqkit_version: str = __version__
-    format: int = SPEC_FORMAT
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelSpec:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("spec is not a JSON object")
-        known = {f for f in cls.__dataclass_fields__}
-        spec = cls(**{k: v for k, v in data.items() if k in known})
-        spec.value_range = tuple(spec.value_range)  # type: ignore[assignment]
-        return spec
+DEFAULT_ENCODER = "conv3"
+DEFAULT_QUANTIZER = "vq"
+# Float images a little outside [-1, 1] (rounding in a user's own conversion) are accepted, as by the runtime.
+FLOAT_RANGE_TOLERANCE = 1e-3
 
 
 @dataclass
@@ -125,42 +98,96 @@ class VQVAE(nn.Module):
         recon_loss = F.mse_loss(recon.float(), x.float())
         return VQVAEOutput(recon, q, recon_loss, recon_loss + q.loss)
 
+    def _device(self) -> torch.device:
+        tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
+        return tensor.device if tensor is not None else torch.device("cpu")
+
+    def images_to_model(self, images: Any, *, check: bool = True) -> tuple[torch.Tensor, bool]:
+        """Any accepted image input -> float ``[B, C, H, W]`` in [-1, 1] on the model's device, and whether it
+        was one image. The inputs :class:`vqkit.runtime.Tokenizer` takes, with the same meaning:
+
+        - uint8 pixels 0..255, channels last: ``[H, W, C]`` or ``[B, H, W, C]`` (``[H, W]`` for one channel);
+        - floats in [-1, 1], channels first: ``[C, H, W]`` or ``[B, C, H, W]``.
+
+        With ``check``, floats outside [-1, 1] (beyond a small tolerance), NaN or infinity are refused."""
+        x = images if isinstance(images, torch.Tensor) else torch.as_tensor(images)
+        c = self.spec.channels
+        if x.dtype == torch.uint8:
+            if x.dim() == 2 and c == 1:
+                x = x[:, :, None]
+            if x.dim() not in (3, 4):
+                raise ShapeError(f"uint8 images must be [H, W, C] or [B, H, W, C], got shape {list(x.shape)}")
+            single = x.dim() == 3
+            x = x[None] if single else x
+            if x.shape[-1] != c:
+                hint = " (uint8 images are channels-last; permute CHW to HWC)" if x.shape[1] == c else ""
+                raise ShapeError(
+                    f"expected {c}-channel uint8 images [..., H, W, {c}], got shape {list(x.shape)}{hint}"
+                )
+            return pixels.to_float(x.to(self._device()).permute(0, 3, 1, 2)), single
+        if not x.dtype.is_floating_point:
+            raise ShapeError(
+                f"images must be uint8 (0..255, [B,] H, W, C) or float ([-1, 1], [B,] C, H, W), got {x.dtype}"
+            )
+        single = x.dim() == 3
+        x = x[None] if single else x
+        if check and x.numel():
+            lo, hi = float(x.min()), float(x.max())
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ShapeError("float images contain NaN or infinity")
+            if lo < -1 - FLOAT_RANGE_TOLERANCE or hi > 1 + FLOAT_RANGE_TOLERANCE:
+                raise ShapeError(
+                    f"float images must lie in [-1, 1], got values from {lo:g} to {hi:g} "
+                    f"(pass uint8 for 0..255 pixels)"
+                )
+        return x.to(self._device()), single
+
     @torch.no_grad()
-    def encode(self, x: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """Images ``[B, C, H, W]`` in [-1, 1] -> int64 codes ``[B, h, w]`` (or ``[B, h, w, S]``)."""
+    def encode(self, x: Any, *, check: bool = True) -> torch.Tensor:
+        """Images -> int64 codes ``[B, h, w]`` (or ``[B, h, w, S]``); one image -> codes without the batch axis.
+
+        Takes uint8 pixels (0..255, channels last) or floats in [-1, 1] (channels first), as
+        :meth:`images_to_model` says; ``check=False`` skips the checks (and their device syncs)."""
+        x, single = self.images_to_model(x, check=check)
         if check:
             self.check_images(x)
-        return self.quantizer.quantize(self.encoder(x))
+        codes = self.quantizer.quantize(self.encoder(x))
+        return codes[0] if single else codes
 
     @torch.no_grad()
     def decode(self, indices: torch.Tensor, *, check: bool = True) -> torch.Tensor:
-        """Codes -> images ``[B, C, H, W]`` in [-1, 1]."""
+        """Codes -> images ``[B, C, H, W]`` in [-1, 1]; one image's codes without the batch axis (shaped
+        exactly :attr:`codes_shape`) -> ``[C, H, W]``."""
+        indices = indices if isinstance(indices, torch.Tensor) else torch.as_tensor(indices)
+        single = tuple(indices.shape) == self.codes_shape
+        indices = indices[None] if single else indices
         if check:
             self.check_codes(indices)
-        return self.decoder(self.quantizer.dequantize(indices.long()))
+        images = self.decoder(self.quantizer.dequantize(indices.long().to(self._device())))
+        return images[0] if single else images
 
     # --- description -------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        """A JSON-ready description: per part its name, user-set and resolved options, version and parameter
+        count; then sizes, grid and code budget."""
+
         def count(m: nn.Module) -> int:
             return sum(p.numel() for p in m.parameters())
 
         h, w = self.grid
+        resolved = self.resolved_options
+        parts = {
+            part: {
+                "name": getattr(self.spec, part),
+                "options": getattr(self.spec, f"{part}_options"),  # as the user set them
+                "resolved_options": resolved[part],  # every option, defaults included
+                "version": self.spec.versions.get(part),
+                "parameters": count(getattr(self, part)),
+            }
+            for part in PARTS
+        }
         return {
-            "encoder": {
-                "name": self.spec.encoder,
-                "options": self.spec.encoder_options,
-                "parameters": count(self.encoder),
-            },
-            "quantizer": {
-                "name": self.spec.quantizer,
-                "options": self.spec.quantizer_options,
-                "parameters": count(self.quantizer),
-            },
-            "decoder": {
-                "name": self.spec.decoder,
-                "options": self.spec.decoder_options,
-                "parameters": count(self.decoder),
-            },
+            **parts,
             "parameters": count(self),
             "channels": self.spec.channels,
             "image_size": self.spec.image_size,
@@ -172,19 +199,22 @@ class VQVAE(nn.Module):
             "bits_per_image": self.bits_per_image,
         }
 
+    @property
+    def resolved_options(self) -> dict[str, dict[str, Any]]:
+        """Every option of each part as the model was built with it, defaults included:
+        ``{"encoder": {...}, "quantizer": {...}, "decoder": {...}}`` (a copy)."""
+        return {part: dict(self.spec.options(part)) for part in PARTS}
+
     def describe(self) -> str:
         """A human-readable summary: components with all their options, parameters, shapes, code budget."""
         info = self.summary()
-        registries = {"encoder": encoders, "quantizer": quantizers, "decoder": decoders}
+        resolved = self.resolved_options
         lines = []
-        for part in ("encoder", "quantizer", "decoder"):
-            name = info[part]["name"]
-            opts = dict(info[part]["options"])
-            if name in registries[part]:
-                defaults = {o.name: o.default for o in registries[part].entry(name).options if not o.required}
-                opts = {**defaults, **opts}
-            shown = " ".join(f"{k}={v!r}" for k, v in opts.items())
-            lines.append(f"{part:<10} {name:<12} {info[part]['parameters']:>12,} params  {shown}".rstrip())
+        for part in PARTS:
+            shown = " ".join(f"{k}={v!r}" for k, v in resolved[part].items())
+            lines.append(
+                f"{part:<10} {info[part]['name']:<12} {info[part]['parameters']:>12,} params  {shown}".rstrip()
+            )
         h, w = info["grid"]
         s = info["num_codebooks"]
         books = "1 codebook" if s == 1 else f"{s} codebooks"
@@ -212,9 +242,52 @@ def default_decoder(encoder: str) -> str:
     if encoder in decoders:
         return encoder
     raise OptionError(
-        f"no decoder is named like encoder {encoder!r}; choose one with --decoder "
+        f"no decoder is named like encoder {encoder!r}; choose one with the decoder setting "
         f"(available decoders: {', '.join(decoders.names()) or 'none'})"
     )
+
+
+def component_version(entry: Entry) -> str | None:
+    """The version of the code behind a registered component: vqkit's for its built-ins, the plugin
+    distribution's for an installed plugin, None for a plugin file or module (no version to record)."""
+    module = str(getattr(entry.obj, "__module__", "") or "")
+    if module == "vqkit" or module.startswith("vqkit."):
+        return __version__
+    distribution = getattr(entry, "distribution", None)
+    if isinstance(distribution, str) and "==" in distribution:
+        return distribution.split("==", 1)[1]
+    return None
+
+
+def _json_form(value: Any) -> tuple[bool, Any]:
+    """(whether ``value`` can be written to a spec, its JSON form: tuples become lists)."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return True, value
+    if isinstance(value, (list, tuple)):
+        forms = [_json_form(v) for v in value]
+        return all(ok for ok, _ in forms), [v for _, v in forms]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        forms = {k: _json_form(v) for k, v in value.items()}
+        return all(ok for ok, _ in forms.values()), {k: v for k, (_, v) in forms.items()}
+    return False, None
+
+
+def resolve_options(entry: Entry, options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of a component: its signature's defaults with the validated ``options`` on top, in JSON
+    form. A default that JSON cannot hold (an object) is left out: the constructor's own default applies."""
+    resolved: dict[str, Any] = {}
+    for opt in entry.options:
+        given = opt.name in options
+        value = options[opt.name] if given else opt.default
+        if not given and opt.required:
+            continue
+        ok, form = _json_form(value)
+        if ok:
+            resolved[opt.name] = form
+    for name, value in options.items():  # options a **kwargs component accepts beyond its signature
+        if name not in resolved:
+            resolved[name] = _json_form(value)[1]
+    return resolved
 
 
 def _construct(kind: str, name: str, obj: Any, *args: Any, **options: Any) -> nn.Module:
@@ -226,39 +299,22 @@ def _construct(kind: str, name: str, obj: Any, *args: Any, **options: Any) -> nn
         raise OptionError(f"{kind} {name!r} rejected its settings: {exc}") from exc
 
 
-def _dry_run(encoder: nn.Module, decoder: nn.Module, spec: ModelSpec) -> None:
-    """Push one blank image through encoder and decoder so a mismatched pair fails at build, clearly."""
-    s, c, d = spec.image_size, spec.channels, spec.latent_dim
-    f = int(encoder.downsample)
-    modes = (encoder.training, decoder.training)
-    encoder.eval()
-    decoder.eval()
-    try:
-        with torch.no_grad():
-            z = encoder(torch.zeros(1, c, s, s))
-            if tuple(z.shape) != (1, d, s // f, s // f):
-                raise ShapeError(
-                    f"encoder {spec.encoder!r} gave latents {list(z.shape)} for a {s}x{s} image; "
-                    f"the contract wants [1, {d}, {s // f}, {s // f}]"
-                )
-            y = decoder(z)
-            if tuple(y.shape) != (1, c, s, s):
-                raise ShapeError(
-                    f"decoder {spec.decoder!r} turned latents {list(z.shape)} into {list(y.shape)}; "
-                    f"the model needs images [1, {c}, {s}, {s}]"
-                )
-    except RuntimeError as exc:
-        raise ShapeError(f"{spec.encoder!r} + {spec.decoder!r} cannot process {s}x{s} images: {exc}") from exc
-    finally:
-        encoder.train(modes[0])
-        decoder.train(modes[1])
+def _check_sizes(channels: Any, image_size: Any, latent_dim: Any, codebook_size: Any) -> None:
+    fields = {"channels": channels, "image_size": image_size}
+    fields.update(
+        {k: v for k, v in (("latent_dim", latent_dim), ("codebook_size", codebook_size)) if v is not None}
+    )
+    problem = spec_problem(fields)
+    if problem:
+        raise OptionError(problem)
 
 
 def build_model(
-    encoder: str = "conv3",
-    quantizer: str = "vq",
+    encoder: str | None = None,
+    quantizer: str | None = None,
     decoder: str | None = None,
     *,
+    preset: str | None = None,
     channels: int = 3,
     image_size: int = 32,
     latent_dim: int | None = None,
@@ -270,81 +326,136 @@ def build_model(
 ) -> VQVAE:
     """Build a VQ-VAE from registered components.
 
-    ``latent_dim``/``codebook_size`` left as ``None`` take the quantizer's defaults (or what it fixes itself);
-    the quantizer's resulting ``dim`` is given to encoder and decoder. ``seed`` makes initial weights repeatable.
+    With nothing set, every component takes its own defaults, the recommended model: ``conv3`` encoder and
+    decoder, ``vq`` with k-means init and dead-code restarts. ``preset`` names a configuration from
+    :mod:`vqkit.presets` (``"original"``: the original VQ-VAE's uniform codebook init, no restarts and
+    transposed-conv decoder head); what is set explicitly overrides it. ``latent_dim``/``codebook_size`` left
+    as ``None`` take the quantizer's defaults (or what it fixes itself); the quantizer's resulting ``dim`` is
+    given to encoder and decoder. ``decoder=None``: the decoder named like the encoder. ``seed`` makes
+    initial weights repeatable.
     """
     load_plugins()
-    if channels < 1:
-        raise OptionError(f"channels must be at least 1, got {channels}")
-    if image_size < 1:
-        raise OptionError(f"image size must be positive, got {image_size}")
-    if latent_dim is not None and latent_dim < 1:
-        raise OptionError(f"latent dim must be at least 1, got {latent_dim}")
-    if codebook_size is not None and codebook_size < 2:
-        raise OptionError(f"codebook size must be at least 2, got {codebook_size}")
-    decoder = decoder or default_decoder(encoder)
-    e_entry, q_entry, d_entry = encoders.entry(encoder), quantizers.entry(quantizer), decoders.entry(decoder)
-    e_opts = validate_options(e_entry, dict(encoder_options or {}))
-    q_opts = validate_options(q_entry, dict(quantizer_options or {}))
-    d_opts = validate_options(d_entry, dict(decoder_options or {}))
+    given = {"encoder": encoder, "quantizer": quantizer, "decoder": decoder}
+    given.update(encoder_options=encoder_options, quantizer_options=quantizer_options)
+    given.update(decoder_options=decoder_options, latent_dim=latent_dim, codebook_size=codebook_size)
+    settings = presets.apply(preset, given)
+    _check_sizes(channels, image_size, settings.get("latent_dim"), settings.get("codebook_size"))
+    encoder = settings.get("encoder") or DEFAULT_ENCODER
+    names = {
+        "encoder": encoder,
+        "quantizer": settings.get("quantizer") or DEFAULT_QUANTIZER,
+        "decoder": settings.get("decoder") or default_decoder(encoder),
+    }
+    for part in PARTS:
+        if not isinstance(settings[f"{part}_options"], dict):
+            raise OptionError(f"{part}_options must be a dict of option names to values")
+    user = {
+        part: validate_options(REGISTRIES[part].entry(names[part]), settings[f"{part}_options"])
+        for part in PARTS
+    }
+    spec = ModelSpec(
+        **names,
+        encoder_options=user["encoder"],
+        quantizer_options=user["quantizer"],
+        decoder_options=user["decoder"],
+        channels=channels,
+        image_size=image_size,
+        latent_dim=settings.get("latent_dim"),  # type: ignore[arg-type]
+        codebook_size=settings.get("codebook_size"),  # type: ignore[arg-type]
+    )
+    return _build(spec, user, seed=seed)
 
+
+def _build(
+    spec: ModelSpec, options: dict[str, dict[str, Any]], *, seed: int | None, dry_run: bool = True
+) -> VQVAE:
+    """Construct the parts ``spec`` names with the validated ``options`` (per part); ``spec.latent_dim`` and
+    ``spec.codebook_size`` may be None (the quantizer's choice). Returns the model with its complete spec."""
+    entries = {part: REGISTRIES[part].entry(getattr(spec, part)) for part in PARTS}
     generator_state = torch.random.get_rng_state()
     if seed is not None:
         torch.manual_seed(seed)
     try:
-        q = _construct("quantizer", quantizer, q_entry.obj, latent_dim, codebook_size, **q_opts)
-        dim = int(q.dim)
-        if latent_dim is not None and dim != latent_dim:
-            raise OptionError(
-                f"quantizer {quantizer!r} fixes its latent dim to {dim}; drop --latent-dim {latent_dim}"
-            )
-        enc = _construct("encoder", encoder, e_entry.obj, channels, dim, **e_opts)
-        factor = getattr(enc, "downsample", None)
-        if not isinstance(factor, int) or factor < 1:
-            raise VQKitError(
-                f"encoder {encoder!r} does not say its downsample factor (an int attribute `downsample`)"
-            )
-        if image_size % factor:
-            raise ShapeError(
-                f"image size {image_size} is not divisible by encoder {encoder!r}'s downsample factor {factor}; "
-                f"use a multiple of {factor}"
-            )
-        dec = _construct("decoder", decoder, d_entry.obj, dim, channels, **d_opts)
+        q, enc, dec = _construct_parts(spec, entries, options)
     finally:
         if seed is not None:
             torch.random.set_rng_state(generator_state)
-    spec = ModelSpec(
-        encoder=encoder,
-        quantizer=quantizer,
-        decoder=decoder,
-        encoder_options=e_opts,
-        quantizer_options=q_opts,
-        decoder_options=d_opts,
-        channels=channels,
-        image_size=image_size,
-        latent_dim=dim,
-        codebook_size=int(q.codebook_size),
-        origins={
-            "encoder": e_entry.distribution,
-            "quantizer": q_entry.distribution,
-            "decoder": d_entry.distribution,
-        },
-    )
-    _dry_run(enc, dec, spec)
+    spec.latent_dim, spec.codebook_size = int(q.dim), int(q.codebook_size)
+    spec.resolved_options = {part: resolve_options(entries[part], options[part]) for part in PARTS}
+    spec.versions = {part: component_version(entries[part]) for part in PARTS}
+    spec.origins = {part: entries[part].distribution for part in PARTS}
+    spec.vqkit_version, spec.format = __version__, SPEC_FORMAT
+    if dry_run:
+        from vqkit.dryrun import dry_run as check_parts
+
+        check_parts(enc, q, dec, spec)
     return VQVAE(enc, q, dec, spec)
 
 
-def build_from_spec(spec: ModelSpec) -> VQVAE:
-    """Rebuild the (untrained) model a spec describes."""
-    return build_model(
-        spec.encoder,
+def _construct_parts(
+    spec: ModelSpec, entries: dict[str, Entry], options: dict[str, dict[str, Any]]
+) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """quantizer, encoder, decoder (in this order: the quantizer settles the latent dim)."""
+    latent_dim, codebook_size = spec.latent_dim, spec.codebook_size
+    q = _construct(
+        "quantizer",
         spec.quantizer,
-        spec.decoder,
-        channels=spec.channels,
-        image_size=spec.image_size,
-        latent_dim=spec.latent_dim,
-        codebook_size=spec.codebook_size,
-        encoder_options=spec.encoder_options,
-        quantizer_options=spec.quantizer_options,
-        decoder_options=spec.decoder_options,
+        entries["quantizer"].obj,
+        latent_dim,
+        codebook_size,
+        **options["quantizer"],
     )
+    dim = int(q.dim)
+    if latent_dim is not None and dim != latent_dim:
+        raise OptionError(
+            f"quantizer {spec.quantizer!r} fixes its latent dim to {dim}; leave latent_dim unset (got {latent_dim})"
+        )
+    enc = _construct(
+        "encoder", spec.encoder, entries["encoder"].obj, spec.channels, dim, **options["encoder"]
+    )
+    factor = getattr(enc, "downsample", None)
+    if not isinstance(factor, int) or factor < 1:
+        raise VQKitError(
+            f"encoder {spec.encoder!r} does not say its downsample factor (an int attribute `downsample`)"
+        )
+    if spec.image_size % factor:
+        raise ShapeError(
+            f"image size {spec.image_size} is not divisible by encoder {spec.encoder!r}'s downsample factor "
+            f"{factor}; use a multiple of {factor}"
+        )
+    dec = _construct(
+        "decoder", spec.decoder, entries["decoder"].obj, dim, spec.channels, **options["decoder"]
+    )
+    return q, enc, dec
+
+
+def _spec_options(spec: ModelSpec) -> dict[str, dict[str, Any]]:
+    """The options a stored spec's parts are rebuilt with, validated: every resolved option it recorded (a
+    spec from before resolved options were recorded takes today's defaults for the rest)."""
+    return {
+        part: validate_options(REGISTRIES[part].entry(getattr(spec, part)), spec.options(part))
+        for part in PARTS
+    }
+
+
+def build_from_spec(spec: ModelSpec, *, seed: int | None = None, dry_run: bool = True) -> VQVAE:
+    """Rebuild the (untrained) model a spec describes, with the options it recorded.
+
+    The returned model's spec keeps ``spec``'s user-set options and records the resolved ones anew."""
+    load_plugins()
+    problem = spec_problem(vars(spec))
+    if problem:
+        raise OptionError(problem)
+    rebuilt = ModelSpec(**{**vars(spec), "value_range": tuple(spec.value_range)})
+    return _build(rebuilt, _spec_options(spec), seed=seed, dry_run=dry_run)
+
+
+def expected_state_shapes(spec: ModelSpec) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors a model built from ``spec`` holds, found by building it on the
+    ``meta`` device (no memory is allocated, whatever sizes the spec asks for)."""
+    options = _spec_options(spec)
+    entries = {part: REGISTRIES[part].entry(getattr(spec, part)) for part in PARTS}
+    with torch.device("meta"):
+        q, enc, dec = _construct_parts(spec, entries, options)
+    parts = {"encoder": enc, "quantizer": q, "decoder": dec}
+    return {f"{p}.{k}": tuple(v.shape) for p, m in parts.items() for k, v in m.state_dict().items()}

@@ -1,31 +1,21 @@
 """One small registry per kind of component: a decorator to register, a lookup that names the closest
-matches, and a listing. Built-ins and third-party plugins go through exactly the same path."""
+matches, and a listing. Built-ins and third-party plugins go through exactly the same path.
+
+Registering marks a component; :data:`loader` (a :class:`~vqkit.plugin_loader.PluginLoader`) commits it with
+its origin when the plugin that made it has loaded. Every lookup and listing first lets the loader load the
+plugins (once), so ``quantizers.get("vq")`` works in a fresh interpreter without any set-up call.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import inspect
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
 from vqkit.errors import DuplicateComponentError, UnknownComponentError
-
-# Where the code being imported right now comes from ("built-in", "vqkit-plugin-example 0.1.0", "file ...").
-# Discovery sets it around each plugin import; registration outside discovery records the module name.
-_current_origin: ContextVar[tuple[str, str | None] | None] = ContextVar("vqkit_origin", default=None)
-
-
-@contextlib.contextmanager
-def origin(label: str, distribution: str | None = None) -> Iterator[None]:
-    """Attribute every registration made inside the block to ``label`` (and its distribution, if any)."""
-    token = _current_origin.set((label, distribution))
-    try:
-        yield
-    finally:
-        _current_origin.reset(token)
+from vqkit.plugin_loader import Mark, PluginLoader
 
 
 @dataclass(frozen=True)
@@ -50,9 +40,6 @@ class Entry:
     distribution: str | None = None
     options: list[Option] = field(default_factory=list)
     accepts_any: bool = False
-    # True when registered outside discovery (a plain import): discovery may still attribute it to the
-    # plugin whose entry point owns its module, so importing a plugin early does not lose its origin.
-    inferred: bool = False
 
     @property
     def module(self) -> str:
@@ -116,17 +103,24 @@ def signature_options(obj: Callable[..., Any], positional: tuple[str, ...]) -> t
 
 
 class Registry:
-    """Components of one kind (``encoder``, ``quantizer``, ``decoder``, ``exporter``) by name.
+    """Components of one kind (``encoder``, ``quantizer``, ``decoder``, ``objective``, ``exporter``) by name.
 
     ``positional`` names the constructor arguments the builder supplies; everything else in the
-    constructor's signature is an option a user may set.
+    constructor's signature is an option a user may set. With a ``loader``, registrations wait for it to
+    commit them and lookups load plugins first; without one (a registry of your own) they take effect at once.
     """
 
-    def __init__(self, kind: str, positional: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, kind: str, positional: tuple[str, ...] = (), *, loader: PluginLoader | None = None
+    ) -> None:
         self.kind = kind
         self.positional = positional
+        self.loader = loader
         self._entries: dict[str, Entry] = {}
+        if loader is not None:
+            loader.attach(self)
 
+    # --- registering ------------------------------------------------------------------------------------
     def register(
         self, name: str | None = None, *, override: bool = False
     ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -138,79 +132,118 @@ class Registry:
 
         return decorate
 
-    def add(self, name: str, obj: Callable[..., Any], *, override: bool = False) -> Entry:
-        current = _current_origin.get()
-        label, dist = current if current else (f"module {getattr(obj, '__module__', '?')}", None)
+    def add(self, name: str, obj: Callable[..., Any], *, override: bool = False) -> None:
+        """Register ``obj`` as ``name`` (``override=True`` replaces a component of that name on purpose)."""
+        if self.loader is None:
+            self.commit(name, obj, origin=f"module {getattr(obj, '__module__', '?')}", override=override)
+        else:
+            self.loader.mark(Mark(self, name, obj, override))
+
+    def commit(
+        self,
+        name: str,
+        obj: Callable[..., Any],
+        *,
+        origin: str,
+        distribution: str | None = None,
+        override: bool = False,
+    ) -> Entry:
+        """Put ``obj`` in the registry now, from ``origin``: what the loader does with each registration of a
+        plugin that loaded. The same object again is harmless; another one under a taken name is an error
+        naming both sources, unless ``override``."""
         existing = self._entries.get(name)
+        if existing is not None and existing.obj is obj:
+            return existing
         if existing is not None and not override:
-            if existing.obj is obj:
-                return existing
-            raise DuplicateComponentError(
-                f"{self.kind} {name!r} is registered twice: by {existing.origin} and by {label} "
-                f"(pass override=True to replace it on purpose)"
-            )
+            hint = "pass override=True to replace it on purpose"
+            raise DuplicateComponentError(self.kind, name, existing.origin, origin, hint)
         options, accepts_any = signature_options(obj, self.positional)
-        entry = Entry(self.kind, name, obj, label, dist, options, accepts_any, inferred=current is None)
+        entry = Entry(self.kind, name, obj, origin, distribution, options, accepts_any)
         self._entries[name] = entry
         return entry
 
+    def clash(self, name: str, obj: Any) -> str | None:
+        """The origin of a different component already registered as ``name``, if any."""
+        existing = self._entries.get(name)
+        return existing.origin if existing is not None and existing.obj is not obj else None
+
     def remove(self, name: str) -> None:
         self._entries.pop(name, None)
+        if self.loader is not None:
+            self.loader.unmark(self, name)
 
-    def entry(self, name: str) -> Entry:
+    def snapshot(self) -> dict[str, Entry]:
+        return dict(self._entries)
+
+    def restore(self, snapshot: dict[str, Entry]) -> None:
+        self._entries = dict(snapshot)
+
+    # --- looking up ---------------------------------------------------------------------------------------
+    def _loaded(self) -> dict[str, Entry]:
+        if self.loader is not None:
+            self.loader.ensure_loaded()
+        return self._entries
+
+    def entry(self, name: str, *, hint: bool = True) -> Entry:
+        """The component called ``name``. An unknown name raises :class:`UnknownComponentError` listing the
+        available ones and, with ``hint``, the closest matches (leave it out where a near name means nothing,
+        e.g. for a plugin a model file needs)."""
         try:
-            return self._entries[name]
+            return self._loaded()[name]
         except KeyError:
-            raise UnknownComponentError(self.unknown_message(name)) from None
+            raise UnknownComponentError(self.unknown_message(name, hint=hint)) from None
 
     def get(self, name: str) -> Callable[..., Any]:
         return self.entry(name).obj
 
-    def unknown_message(self, name: str) -> str:
-        names = sorted(self._entries)
-        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    def unknown_message(self, name: str, *, hint: bool = True) -> str:
+        names = sorted(self._loaded())
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5) if hint else []
+        did_you_mean = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         available = ", ".join(names) if names else "none"
-        return f"unknown {self.kind} {name!r}.{hint} Available {self.kind}s: {available}.{_broken_note()}"
+        return f"unknown {self.kind} {name!r}.{did_you_mean} Available {self.kind}s: {available}.{self._broken_note()}"
+
+    def _broken_note(self) -> str:
+        """When a name is unknown, a plugin that failed to load is the likely reason: say so."""
+        if self.loader is None or not self.loader.broken:
+            return ""
+        names = ", ".join(b.source for b in self.loader.broken)
+        return f" (plugins that failed to load: {names}; see `vqkit plugins`)"
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        return sorted(self._loaded())
 
     def entries(self) -> list[Entry]:
-        return [self._entries[n] for n in self.names()]
+        entries = self._loaded()
+        return [entries[n] for n in sorted(entries)]
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return name in self._loaded()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self._loaded())
 
     def __repr__(self) -> str:
-        return f"Registry({self.kind!r}, {self.names()})"
+        return f"Registry({self.kind!r}, {sorted(self._entries)})"
 
 
-def _broken_note() -> str:
-    """When a name is unknown, a plugin that failed to load is the likely reason: say so."""
-    from vqkit.discovery import broken  # discovery imports this module; import it only when needed
-
-    if not broken:
-        return ""
-    names = ", ".join(b.source for b in broken)
-    return f" (plugins that failed to load: {names}; see `vqkit plugins`)"
-
-
-encoders = Registry("encoder", positional=("in_channels", "latent_dim"))
-decoders = Registry("decoder", positional=("latent_dim", "out_channels"))
-quantizers = Registry("quantizer", positional=("dim", "codebook_size"))
-exporters = Registry("exporter")
+# vqkit's plugin loader and its registries. The loader holds all loading state (what was loaded, what was
+# requested, what is broken); the registries hold the components.
+loader = PluginLoader()
+encoders = Registry("encoder", positional=("in_channels", "latent_dim"), loader=loader)
+decoders = Registry("decoder", positional=("latent_dim", "out_channels"), loader=loader)
+quantizers = Registry("quantizer", positional=("dim", "codebook_size"), loader=loader)
+objectives = Registry("objective", loader=loader)  # losses; their constructors take keyword options only
+exporters = Registry("exporter", loader=loader)
 
 REGISTRIES: dict[str, Registry] = {
     "encoder": encoders,
     "quantizer": quantizers,
     "decoder": decoders,
+    "objective": objectives,
     "exporter": exporters,
 }
 
@@ -222,4 +255,8 @@ class Registries:
     encoders: Registry = encoders
     quantizers: Registry = quantizers
     decoders: Registry = decoders
+    objectives: Registry = objectives
     exporters: Registry = exporters
+
+
+loader.handed = Registries()

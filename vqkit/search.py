@@ -51,7 +51,8 @@ def _check(z: torch.Tensor, codebook: torch.Tensor) -> None:
 
 
 def nearest_code_plain(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-    """The seed's formula over the whole N x K matrix; traceable by torch.export and ONNX."""
+    """The textbook formula (|z|^2 + |e|^2 - 2 z.e, argmin) over the whole N x K matrix; traceable by
+    torch.export and ONNX."""
     with torch.autocast(device_type=z.device.type, enabled=False):
         z = z.float()
         e = codebook.float()

@@ -11,10 +11,12 @@ from vqkit.registry import decoders
 
 @decoders.register("conv3")
 class Conv3Decoder(Decoder):
-    """The seed's decoder: a 1x1 layer to 128 channels, stride-2 4x4 transposed convs (64, 32, C), Tanh.
+    """The mirror of the ``conv3`` encoder: a 1x1 layer to ``widths[0]`` channels (default 128), then one
+    stride-2 4x4 transposed convolution per width (64, 32, then the image's C channels, 8x larger in all), Tanh.
 
-    ``head="conv"`` (default) makes the first layer a 1x1 Conv2d; ``head="transpose"`` keeps the seed's
-    1x1 ConvTranspose2d. Both compute the same family of maps; the plain conv is the usual, faster form.
+    ``head="conv"`` (default) makes the first layer a 1x1 Conv2d; ``head="transpose"`` a 1x1 ConvTranspose2d
+    as in the original VQ-VAE tutorial formulation (the ``original`` preset). Both compute the same family of
+    maps; the plain conv is the usual, faster form.
     """
 
     def __init__(

@@ -1,1 +1,1 @@
-from vqkit.plugins.encoders import conv3  # noqa: F401
+from vqkit.plugins.encoders import conv3, resnet  # noqa: F401

@@ -11,7 +11,11 @@ from vqkit.registry import encoders
 
 @encoders.register("conv3")
 class Conv3Encoder(Encoder):
-    """The seed's encoder: stride-2 4x4 convs with ReLU (32, 64, 128 channels), then a 1x1 conv to latent_dim."""
+    """A small convolutional encoder: one stride-2 4x4 convolution with ReLU per entry of ``widths`` (default
+    32, 64, 128 channels, so images shrink 8x: 32x32 -> a 4x4 grid), then a 1x1 convolution to latent_dim.
+
+    The encoder of the widely used PyTorch VQ-VAE tutorial; pairs with the ``conv3`` decoder.
+    """
 
     def __init__(self, in_channels: int, latent_dim: int, widths: Sequence[int] = (32, 64, 128)) -> None:
         super().__init__(in_channels, latent_dim)

@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from vqkit.plugins.quantizers.vq import VQ
 
+from vqkit.codebook import Codebook
 from vqkit.registry import quantizers
 
 
 @quantizers.register("cosine")
-class Cosine(VQ):
+class Cosine(Codebook):
     """VQ on the unit sphere: latents and codes are l2-normalised, the nearest code is the most similar one.
 
     The decoder receives unit-length codes. Same options as vq (k-means runs on the normalised latents).

@@ -2,15 +2,14 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from vqkit.plugins.quantizers.vq import VQ
 
-from vqkit.codebook import cluster_sums
+from vqkit.codebook import Codebook, cluster_sums
 from vqkit.distributed import all_reduce_sum_
 from vqkit.registry import quantizers
 
 
 @quantizers.register("ema")
-class EMA(VQ):
+class EMA(Codebook):
     """VQ whose codebook follows exponential moving averages of its assigned latents (no codebook loss).
 
     Per code: ``N <- decay N + (1-decay) n`` and ``m <- decay m + (1-decay) sum(z)``, code = m / N with

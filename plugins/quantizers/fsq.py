@@ -5,13 +5,13 @@ from collections.abc import Sequence
 
 import torch
 
-from vqkit.codebook import code_stats
-from vqkit.contracts import Quantized, Quantizer, channels_last_flat, unflatten_channels_first
+from vqkit.codebook import FlatQuantizer, code_stats
+from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
 
 
 @quantizers.register("fsq")
-class FSQ(Quantizer):
+class FSQ(FlatQuantizer):
     """Finite scalar quantization (Mentzer et al., 2023): each latent channel is bounded and rounded to one
     of ``levels[i]`` values; no codebook, no auxiliary loss, every code reachable by construction.
 
@@ -61,29 +61,23 @@ class FSQ(Quantizer):
         digits = rounded.long() + self._half_width()
         return (digits * self._basis).sum(-1)
 
-    def forward(self, z: torch.Tensor) -> Quantized:
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            bounded = self._bounded(channels_last_flat(z).float())
+    def forward_flat(self, rows: torch.Tensor) -> Quantized:
+        with torch.autocast(device_type=rows.device.type, enabled=False):
+            bounded = self._bounded(rows.float())
             rounded = torch.round(bounded)
             flat_q = (bounded + (rounded - bounded).detach()) / self._half_width().float()
-            indices = self._indices(rounded.detach()).reshape(b, h, w)
-        z_q = unflatten_channels_first(flat_q, b, h, w).to(z.dtype)
+            indices = self._indices(rounded.detach())
         return Quantized(
-            z_q, indices, z.new_zeros((), dtype=torch.float32), code_stats(indices, self.codebook_size)
+            flat_q, indices, rows.new_zeros((), dtype=torch.float32), code_stats(indices, self.codebook_size)
         )
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            rounded = torch.round(self._bounded(channels_last_flat(z).float()))
-            return self._indices(rounded).reshape(b, h, w)
+    def quantize_flat(self, rows: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=rows.device.type, enabled=False):
+            return self._indices(torch.round(self._bounded(rows.float())))
 
-    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
-        b, h, w = indices.shape
+    def dequantize_flat(self, indices: torch.Tensor) -> torch.Tensor:
         digits = torch.remainder(
             torch.div(indices.reshape(-1, 1), self._basis, rounding_mode="floor"), self._levels
         )
         half = self._half_width()
-        flat = (digits - half).float() / half.float()
-        return unflatten_channels_first(flat, b, h, w)
+        return (digits - half).float() / half.float()

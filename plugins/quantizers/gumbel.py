@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit.codebook import code_stats
-from vqkit.contracts import Quantized, Quantizer, channels_last_flat, unflatten_channels_first
+from vqkit.codebook import FlatQuantizer, code_stats
+from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
 
 
 @quantizers.register("gumbel")
-class Gumbel(Quantizer):
+class Gumbel(FlatQuantizer):
     """Gumbel-softmax quantizer (as in DALL-E's dVAE): a 1x1 projection gives logits over the codes; training
     mixes codes by a Gumbel-softmax sample, inference takes the argmax code (hard).
 
@@ -62,16 +62,15 @@ class Gumbel(Quantizer):
         t = min(self._current_step() / self.anneal_steps, 1.0)
         return self.tau_start * (self.tau_end / self.tau_start) ** t
 
-    def _logits(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            return self.proj(channels_last_flat(z).float())
+    def _logits(self, rows: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=rows.device.type, enabled=False):
+            return self.proj(rows.float())
 
-    def forward(self, z: torch.Tensor) -> Quantized:
-        b, _, h, w = z.shape
-        logits = self._logits(z)
+    def forward_flat(self, rows: torch.Tensor) -> Quantized:
+        logits = self._logits(rows)
         indices = logits.detach().argmax(-1)
         if self.training:
-            with torch.autocast(device_type=z.device.type, enabled=False):
+            with torch.autocast(device_type=rows.device.type, enabled=False):
                 tau = self.temperature()
                 soft = F.gumbel_softmax(logits, tau=tau, hard=self.hard, dim=-1)
                 flat_q = soft @ self.embedding.weight.float()
@@ -85,14 +84,10 @@ class Gumbel(Quantizer):
             flat_q = self.embedding(indices)
             loss = logits.new_zeros(())
             stats = {}
-        z_q = unflatten_channels_first(flat_q, b, h, w).to(z.dtype)
-        indices = indices.reshape(b, h, w)
-        return Quantized(z_q, indices, loss, {**code_stats(indices, self.codebook_size), **stats})
+        return Quantized(flat_q, indices, loss, {**code_stats(indices, self.codebook_size), **stats})
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = z.shape
-        return self._logits(z).argmax(-1).reshape(b, h, w)
+    def quantize_flat(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._logits(rows).argmax(-1)
 
-    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
-        b, h, w = indices.shape
-        return unflatten_channels_first(self.embedding(indices.reshape(-1)), b, h, w)
+    def dequantize_flat(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.embedding(indices)

@@ -5,8 +5,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vqkit.codebook import code_stats
-from vqkit.contracts import Quantized, Quantizer, channels_last_flat, unflatten_channels_first
+from vqkit.codebook import FlatQuantizer, code_stats
+from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
 
 # Up to this many codes the entropy terms use the exact distribution over codes ([N, K] probabilities);
@@ -19,7 +19,7 @@ def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 @quantizers.register("lfq")
-class LFQ(Quantizer):
+class LFQ(FlatQuantizer):
     """Lookup-free quantization (MAGVIT-v2, Yu et al., 2023): each latent channel becomes one bit (sign),
     so ``codebook_size = 2**dim`` and a code is the integer those bits spell (channel i is bit i).
 
@@ -81,24 +81,20 @@ class LFQ(Quantizer):
             codebook = _entropy(bits.mean(0)).sum()
         return per_latent - self.diversity * codebook
 
-    def forward(self, z: torch.Tensor) -> Quantized:
-        b, _, h, w = z.shape
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            flat = channels_last_flat(z).float()
+    def forward_flat(self, rows: torch.Tensor) -> Quantized:
+        with torch.autocast(device_type=rows.device.type, enabled=False):
+            flat = rows.float()
             signs = torch.where(flat > 0, 1.0, -1.0)
             loss = self.commitment * F.mse_loss(flat, signs)
             if self.training and self.entropy_weight:
                 loss = loss + self.entropy_weight * self._entropy_loss(flat)
             flat_q = flat + (signs - flat).detach()
-            indices = self._indices(flat).reshape(b, h, w)
-        z_q = unflatten_channels_first(flat_q, b, h, w).to(z.dtype)
-        return Quantized(z_q, indices, loss, code_stats(indices, self.codebook_size))
+            indices = self._indices(flat)
+        return Quantized(flat_q, indices, loss, code_stats(indices, self.codebook_size))
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = z.shape
-        return self._indices(channels_last_flat(z).float()).reshape(b, h, w)
+    def quantize_flat(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._indices(rows.float())
 
-    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
-        b, h, w = indices.shape
+    def dequantize_flat(self, indices: torch.Tensor) -> torch.Tensor:
         bits = torch.remainder(torch.div(indices.reshape(-1, 1), self._basis, rounding_mode="floor"), 2)
-        return unflatten_channels_first(bits.float() * 2 - 1, b, h, w)
+        return bits.float() * 2 - 1

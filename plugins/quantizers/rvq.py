@@ -2,22 +2,24 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from vqkit.plugins.quantizers._stages import make_codebook
 
-from vqkit.codebook import check_estimator, code_stats, estimate, mean_stats
-from vqkit.contracts import Quantized, Quantizer, channels_last_flat, unflatten_channels_first
+from vqkit.codebook import FlatQuantizer, check_estimator, code_stats, estimate, mean_stats
+from vqkit.contracts import Quantized
 from vqkit.distributed import broadcast_
+from vqkit.plugins.quantizers._stages import codebook_kind, make_codebook
 from vqkit.registry import quantizers
 
 
 @quantizers.register("rvq")
-class RVQ(Quantizer):
+class RVQ(FlatQuantizer):
     """Residual VQ: S codebooks, each quantizing what the previous stages left over; codes ``[B, h, w, S]``.
 
-    ``stages`` codebooks of ``codebook_size`` codes each (vq-style, or EMA with ``ema=true``), with k-means
-    init, restarts and the ste/rotation estimator applied to the summed codes. ``dropout=p``: in training,
-    with probability p the decoder sees only the first n ~ U{1..S} stages (quantizer dropout, so coarse
-    prefixes of the codes decode well); every stage still learns and every code is still reported.
+    ``stages`` codebooks of ``codebook_size`` codes each, of any codebook kind (``codebook=vq`` by default,
+    or ``ema``, ``cosine``, ``simvq``, ...; ``ema=true`` is the older spelling of ``codebook=ema``); each takes
+    the options below that it has (``decay`` only matters to ema). k-means init, restarts and the ste/rotation
+    estimator applied to the summed codes. ``dropout=p``: in training, with probability p the decoder sees
+    only the first n ~ U{1..S} stages (quantizer dropout, so coarse prefixes of the codes decode well); every
+    stage still learns and every code is still reported.
     """
 
     def __init__(
@@ -32,6 +34,7 @@ class RVQ(Quantizer):
         restart_after: int = 50,
         estimator: str = "ste",
         dropout: float = 0.0,
+        codebook: str = "vq",
     ) -> None:
         super().__init__()
         self.dim = int(dim or 64)
@@ -43,16 +46,10 @@ class RVQ(Quantizer):
         self.num_codebooks = int(stages)
         self.estimator = check_estimator(estimator)
         self.dropout = float(dropout)
+        self.codebook_kind = codebook_kind(codebook, ema)
+        shared = {"beta": beta, "decay": decay, "init": init, "restart_after": restart_after}
         self.stages = nn.ModuleList(
-            make_codebook(
-                self.dim,
-                self.codebook_size,
-                ema=ema,
-                beta=beta,
-                decay=decay,
-                init=init,
-                restart_after=restart_after,
-            )
+            make_codebook(self.dim, self.codebook_size, self.codebook_kind, **shared)
             for _ in range(self.num_codebooks)
         )
 
@@ -67,10 +64,9 @@ class RVQ(Quantizer):
             n.fill_(int(torch.randint(1, s + 1, ())))
         return int(broadcast_(n))
 
-    def forward(self, z: torch.Tensor) -> Quantized:
-        b, _, h, w = z.shape
-        flat = channels_last_flat(z).float()
-        active = self._active_stages(z.device)
+    def forward_flat(self, rows: torch.Tensor) -> Quantized:
+        flat = rows.float()
+        active = self._active_stages(rows.device)
         residual = flat
         total = torch.zeros_like(flat)
         losses, indices, stats = [], [], []
@@ -83,22 +79,17 @@ class RVQ(Quantizer):
             indices.append(idx)
             stats.append(code_stats(idx, self.codebook_size))
         flat_q = estimate(flat, total, self.estimator)
-        z_q = unflatten_channels_first(flat_q, b, h, w).to(z.dtype)
-        codes_out = torch.stack(indices, dim=-1).reshape(b, h, w, self.num_codebooks)
-        return Quantized(z_q, codes_out, torch.stack(losses).sum(), mean_stats(stats))
+        return Quantized(flat_q, torch.stack(indices, dim=-1), torch.stack(losses).sum(), mean_stats(stats))
 
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = z.shape
-        residual = channels_last_flat(z).float()
+    def quantize_flat(self, rows: torch.Tensor) -> torch.Tensor:
+        residual = rows.float()
         indices = []
         for stage in self.stages:
             idx = stage.search(residual)
             residual = residual - stage.embed(idx)
             indices.append(idx)
-        return torch.stack(indices, dim=-1).reshape(b, h, w, self.num_codebooks)
+        return torch.stack(indices, dim=-1)
 
-    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
-        b, h, w, _ = indices.shape
-        flat = indices.reshape(b * h * w, self.num_codebooks)
-        total = sum(stage.embed(flat[:, i]) for i, stage in enumerate(self.stages))
-        return unflatten_channels_first(total, b, h, w)
+    def dequantize_flat(self, indices: torch.Tensor) -> torch.Tensor:
+        per_stage = indices.reshape(indices.shape[0], self.num_codebooks)
+        return sum(stage.embed(per_stage[:, i]) for i, stage in enumerate(self.stages))

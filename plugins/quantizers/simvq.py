@@ -2,13 +2,13 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from vqkit.plugins.quantizers.vq import VQ
 
+from vqkit.codebook import Codebook
 from vqkit.registry import quantizers
 
 
 @quantizers.register("simvq")
-class SimVQ(VQ):
+class SimVQ(Codebook):
     """SimVQ (Zhu et al., 2024): a frozen codebook C re-parameterised through a learnable linear map W.
 
     The codes are ``C W^T``: the loss's gradient moves W, and with it every code at once, used or not, which

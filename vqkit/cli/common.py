@@ -7,12 +7,18 @@ from typing import Any
 
 import click
 
+from vqkit import presets
 from vqkit.options import parse_sets
 
 
 def _part_help(kind: str, name: str, options: dict[str, Any] | None) -> str:
     shown = ", ".join(f"{k}={v}" for k, v in (options or {}).items())
-    return f"Registered {kind} name [default: {name}{f' with {shown}' if shown else ''}]."
+    return f"Registered {kind} name [default: {name}{f' with {shown}' if shown else ''}, or the preset's]."
+
+
+def _preset_help() -> str:
+    listing = " or ".join(f"{name} ({text})" for name, text in presets.DESCRIPTIONS.items())
+    return f"Named model configuration: {listing}. Components and --set options given too override it."
 
 
 def model_options(
@@ -20,26 +26,30 @@ def model_options(
     image_size_default: int | None = 32,
     model_defaults: dict[str, Any] | None = None,
 ) -> Callable[..., Any]:
-    """Decorator adding --encoder/--quantizer/--decoder/--channels/--image-size/--latent-dim/--codebook-size/--set.
+    """Decorator adding --preset/--encoder/--quantizer/--decoder/--channels/--image-size/--latent-dim/
+    --codebook-size/--set.
 
-    ``model_defaults`` (``vqkit train``: ``DEFAULTS["model"]``) names the default components and the options
-    they come with, so the help says what a run with no model options builds."""
+    Component options default to None (not given), so that a ``--preset`` can name them; ``model_defaults``
+    names what is built when neither is given, for the help text."""
     d = model_defaults or {"encoder": "conv3", "quantizer": "vq"}
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         opts = [
+            click.option("--preset", type=click.Choice(presets.names()), default=None, help=_preset_help()),
             click.option(
                 "--encoder",
-                default=d["encoder"],
-                help=_part_help("encoder", d["encoder"], d.get("encoder_options")),
+                default=None,
+                help=_part_help("encoder", d["encoder"] or "conv3", d.get("encoder_options")),
             ),
             click.option(
                 "--quantizer",
-                default=d["quantizer"],
-                help=_part_help("quantizer", d["quantizer"], d.get("quantizer_options")),
+                default=None,
+                help=_part_help("quantizer", d["quantizer"] or "vq", d.get("quantizer_options")),
             ),
             click.option(
-                "--decoder", default=None, help="Registered decoder name [default: the encoder's mirror]."
+                "--decoder",
+                default=None,
+                help="Registered decoder name [default: the preset's, or the one named like the encoder].",
             ),
             click.option(
                 "--channels",
@@ -85,18 +95,20 @@ def model_options(
 
 
 def model_kwargs(
-    encoder: str,
-    quantizer: str,
+    encoder: str | None,
+    quantizer: str | None,
     decoder: str | None,
     channels: int | None,
     image_size: int | None,
     latent_dim: int | None,
     codebook_size: int | None,
     sets: tuple[str, ...],
+    preset: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for :func:`vqkit.build_model` from the shared options (None: leave to defaults)."""
     parsed = parse_sets(sets)
     kwargs: dict[str, Any] = {
+        "preset": preset,
         "encoder": encoder,
         "quantizer": quantizer,
         "decoder": decoder,

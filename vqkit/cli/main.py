@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import warnings
 from typing import Any
 
 import click
 
 from vqkit._version import __version__
-from vqkit.errors import VQKitError
+from vqkit.errors import DuplicateComponentError, PluginLoadError, VQKitError
 
 
 class VQKitGroup(click.Group):
@@ -18,7 +19,21 @@ class VQKitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VQKitError as exc:
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(_cli_message(exc)) from None
+
+
+def _cli_message(exc: VQKitError) -> str:
+    """The library's message, with what to do said in flags where the library names a Python parameter."""
+    clash = exc.cause if isinstance(exc, PluginLoadError) else None
+    if not isinstance(clash, DuplicateComponentError):
+        return str(exc)
+    text = f"plugin {exc.source} failed to load: {clash.clash}"
+    if clash.first == clash.second:
+        return f"{text} (two of its components share the name: rename one)"
+    return (
+        f"{text}. To use this plugin's {clash.kind} instead, load it with "
+        f"--plugin-override {shlex.quote(exc.source)}; to keep the one from {clash.first}, leave --plugin out"
+    )
 
 
 def _one_line_warnings() -> None:
@@ -53,16 +68,26 @@ def _one_line_warnings() -> None:
     "--plugin",
     "plugins",
     multiple=True,
-    metavar="MODULE_OR_FILE",
-    help="Load a plugin module (my_pkg.plugin) or file (./my_quantizer.py). Repeatable.",
+    metavar="MODULE_OR_PATH",
+    help="Load a plugin: a module (my_pkg.plugin), a file (./my_quantizer.py) or a package folder "
+    "(./my_plugin/). Repeatable.",
 )
-def cli(plugins: tuple[str, ...]) -> None:
+@click.option(
+    "--plugin-override",
+    "overrides",
+    multiple=True,
+    metavar="MODULE_OR_PATH",
+    help="Like --plugin, but its components replace registered ones of the same name (to try an edited "
+    "copy of an installed plugin). Repeatable.",
+)
+def cli(plugins: tuple[str, ...], overrides: tuple[str, ...]) -> None:
     """vqkit: build, train, evaluate and export vector-quantized autoencoders (VQ-VAE)."""
     from vqkit.discovery import request
 
     _one_line_warnings()
     # Plugins load when a command first needs the registries (build_model, load, `vqkit plugins`).
     request(plugins)
+    request(overrides, override=True)
 
 
 def _add_commands() -> None:
@@ -72,6 +97,7 @@ def _add_commands() -> None:
     from vqkit.cli.evaluate import eval_command, reconstruct
     from vqkit.cli.export import export_command
     from vqkit.cli.generate import interpolate, prior_group, sample
+    from vqkit.cli.plot import plot_command
     from vqkit.cli.plugins import plugins_command
     from vqkit.cli.train import train
 
@@ -86,6 +112,7 @@ def _add_commands() -> None:
     cli.add_command(export_command)
     cli.add_command(encode_command)
     cli.add_command(decode_command)
+    cli.add_command(plot_command)
     cli.add_command(data_group)
 
 

@@ -42,8 +42,11 @@ class ExampleVQ(Quantizer):
 
     def _search(self, flat: torch.Tensor) -> torch.Tensor:
         # |z|^2 - 2 z.e + |e|^2, then argmin: exports to ONNX (torch.cdist does not, for small inputs).
-        e = self.codebook
-        d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1).unsqueeze(0)
+        # In fp32 even under bf16 autocast (training with --precision bf16): bf16 distances would pick
+        # other codes than the fp32 search the exported model runs.
+        with torch.autocast(device_type=flat.device.type, enabled=False):
+            flat, e = flat.float(), self.codebook.float()
+            d = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ e.t() + e.pow(2).sum(1).unsqueeze(0)
         return d.argmin(dim=1)
 
     def forward(self, z: torch.Tensor) -> Quantized:

@@ -1,4 +1,5 @@
-"""The built-in `vq` quantizer against a transcription of the seed tutorial's VQEmbedding."""
+"""The built-in `vq` quantizer, as the ``original`` preset configures it, against a transcription of the
+VQEmbedding of the widely used PyTorch VQ-VAE tutorial formulation (van den Oord et al., 2017)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from torch import nn
 import vqkit
 
 
-class SeedVQEmbedding(nn.Module):
-    """Transcribed from the seed tutorial (shared/seed), unchanged in substance."""
+class TutorialVQEmbedding(nn.Module):
+    """Transcribed from the tutorial formulation, unchanged in substance."""
 
     def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float = 0.25) -> None:
         super().__init__()
@@ -38,28 +39,45 @@ class SeedVQEmbedding(nn.Module):
         return z_q, loss, encoding_indices
 
 
+def _original(k: int = 64, d: int = 16) -> nn.Module:
+    """vq as ``build_model(preset="original")`` builds it."""
+    return vqkit.build_model(preset="original", latent_dim=d, codebook_size=k, seed=0).quantizer.train()
+
+
 def _pair(k: int = 64, d: int = 16):
     torch.manual_seed(0)
-    seed = SeedVQEmbedding(k, d)
-    ours = vqkit.quantizers.get("vq")(d, k, init="uniform")
+    tutorial = TutorialVQEmbedding(k, d)
+    ours = _original(k, d)
     ours.embedding.weight.data.copy_(torch.randn(k, d) * 0.5)
-    seed.embedding.weight.data.copy_(ours.embedding.weight.data)
-    return seed, ours
+    tutorial.embedding.weight.data.copy_(ours.embedding.weight.data)
+    return tutorial, ours
 
 
-def test_uniform_init_is_the_seeds() -> None:
+def test_uniform_init_is_the_tutorials() -> None:
     q = vqkit.quantizers.get("vq")(16, 64, init="uniform")
     w = q.embedding.weight
     assert w.abs().max() <= 1 / 64 and w.std() > 0
+    w = _original().embedding.weight
+    assert w.abs().max() <= 1 / 64 and w.std() > 0
 
 
-def test_vq_matches_seed_indices_outputs_loss_and_gradients() -> None:
-    seed, ours = _pair()
+def test_original_preset_is_the_tutorials_configuration() -> None:
+    model = vqkit.build_model(preset="original", seed=0)
+    q = model.quantizer
+    assert q.init == "uniform" and not q.upkeep.kmeans_init and q.upkeep.restart_after == 0
+    assert isinstance(model.decoder.net[0], nn.ConvTranspose2d)
+    default = vqkit.build_model(seed=0)
+    assert default.quantizer.upkeep.kmeans_init and default.quantizer.upkeep.restart_after == 50
+    assert isinstance(default.decoder.net[0], nn.Conv2d)
+
+
+def test_vq_matches_tutorial_indices_outputs_loss_and_gradients() -> None:
+    tutorial, ours = _pair()
     z = torch.randn(4, 16, 5, 6)
-    z_seed = z.clone().requires_grad_(True)
+    z_tutorial = z.clone().requires_grad_(True)
     z_ours = z.clone().requires_grad_(True)
 
-    zq_s, loss_s, idx_s = seed(z_seed)
+    zq_s, loss_s, idx_s = tutorial(z_tutorial)
     out = ours(z_ours)
 
     assert torch.equal(out.indices.reshape(-1), idx_s)
@@ -71,8 +89,10 @@ def test_vq_matches_seed_indices_outputs_loss_and_gradients() -> None:
     target = torch.randn_like(z)
     ((zq_s - target) ** 2).mean().add(loss_s).backward()
     ((out.z_q - target) ** 2).mean().add(out.loss).backward()
-    torch.testing.assert_close(z_ours.grad, z_seed.grad, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(ours.embedding.weight.grad, seed.embedding.weight.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(z_ours.grad, z_tutorial.grad, rtol=1e-6, atol=1e-8)
+    torch.testing.assert_close(
+        ours.embedding.weight.grad, tutorial.embedding.weight.grad, rtol=1e-6, atol=1e-8
+    )
 
 
 def test_quantize_dequantize_agree_with_forward() -> None:
@@ -84,8 +104,8 @@ def test_quantize_dequantize_agree_with_forward() -> None:
     torch.testing.assert_close(ours.dequantize(idx), out.z_q, rtol=0, atol=1e-6)
 
 
-def test_seed_architecture_shapes() -> None:
-    model = vqkit.build_model("conv3", "vq", channels=3, image_size=32, latent_dim=128, seed=0)
+def test_original_architecture_shapes() -> None:
+    model = vqkit.build_model(preset="original", channels=3, image_size=32, latent_dim=128, seed=0)
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     out = model(x)
     assert out.reconstruction.shape == x.shape
