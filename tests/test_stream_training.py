@@ -49,7 +49,9 @@ def _config(data: Path | str, **kw: object) -> TrainConfig:
 
 def test_the_run_holds_small_data_in_memory_and_streams_beyond_the_budget(tmp_path: Path) -> None:
     root = _folder(tmp_path / "imgs")
-    held, _ = open_training_data(_config(root), None, 16, CPU)
+    config = _config(root)
+    held, _ = open_training_data(config, None, 16, CPU)
+    assert config.data_memory_gb is not None and config.data_memory_gb > 0  # the budget, kept for a resume
     streamed, held_out = open_training_data(_config(root, data_memory_gb=0), None, 16, CPU)
     try:
         assert "held in memory" in held.description and "within" in held.description
@@ -118,3 +120,20 @@ def test_ddp_ranks_stream_their_shares_as_the_in_memory_path_does(tmp_path: Path
     for key in in_memory[0]:
         assert torch.equal(streamed[0][key], streamed[1][key]), key  # the replicas agree
         assert torch.equal(streamed[0][key], in_memory[0][key]), key  # and saw the in-memory batches
+
+
+def test_cli_streaming_run_names_an_unreadable_file_or_skips_and_counts_it(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from vqkit.cli.main import cli
+
+    root = _folder(tmp_path / "imgs", n=12)
+    (root / "c0" / "im002.jpg").write_bytes(b"\xff\xd8 not a jpeg")  # a training image (not held out)
+    args = ["train", "--data", str(root), "--image-size", "16", "--channels", "3", "--steps", "2"]
+    args += ["--batch-size", "12", "--eval-every", "0", "--eval-images", "4", "--data-memory-gb", "0", "-q"]
+    failed = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "a")])
+    assert failed.exit_code == 1 and "Traceback" not in failed.output
+    assert "im002.jpg" in failed.output and "--skip-bad" in failed.output
+    skipped = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b"), "--skip-bad"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "left out 1 unreadable image(s)" in skipped.output and "im002.jpg" in skipped.output

@@ -113,6 +113,7 @@ class StreamingData:
         self.skipped: dict[str, str] = {}  # name -> why, of every file left out under skip_bad
         self.description = describe_stream(source, workers, self.spec.augment)
         self._pool: DecodePool | None = None
+        self._reported = False  # the count of skipped files is said once, at close
         self._next = -1  # the step the queued batches continue from
         self._queued = 0  # batches submitted up to (excluding) this step
         self._base = 0  # the step the pool's round-robin started at
@@ -198,6 +199,14 @@ class StreamingData:
 
     def close(self) -> None:
         self._close_pool()
+        if self.skipped and not self._reported:
+            self._reported = True
+            warnings.warn(
+                f"left out {len(self.skipped)} unreadable image(s) of {self.source.where} in all "
+                f"(e.g. {next(iter(self.skipped.values()))})",
+                DataWarning,
+                stacklevel=2,
+            )
 
     def __enter__(self) -> StreamingData:
         return self

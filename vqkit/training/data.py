@@ -25,7 +25,7 @@ import torch
 
 from vqkit.data import BUILTIN, DataError, load_images
 from vqkit.data.augment import Augment
-from vqkit.data.budget import default_workers, describe_bytes, memory_budget
+from vqkit.data.budget import GIB, default_workers, describe_bytes, memory_budget
 from vqkit.data.common import warn_if_batch_exceeds
 from vqkit.data.shards import looks_like_shards
 from vqkit.data.sources import StreamSource
@@ -143,6 +143,10 @@ def open_training_data(
     ch, size = probe(source, channels, image_size, config.skip_bad)
     need = len(source) * ch * size * size
     budget, how = memory_budget(config.data_memory_gb)
+    if config.data_memory_gb is None:
+        # Recorded in the run's config (and its checkpoints): a resumed run makes the same choice whatever memory
+        # is free then, and so sees the same augmented pixels (the two paths crop from different images).
+        config.data_memory_gb = round(budget / GIB, 3)
     if need <= budget:
         why = f" ({describe_bytes(need)} decoded, within {how})"
         if source.kind == "folder":
