@@ -128,12 +128,16 @@ def test_unreadable_file_is_one_error_naming_it_or_skipped_and_counted(tmp_path:
         with pytest.raises(DataError, match=r"im000\.jpg.*--skip-bad") as info:
             stream.get(0)
         assert "Traceback" not in str(info.value)
-    with _stream(root, split="all", batch_size=20, workers=2, skip_bad=True, channels=3) as stream:
-        with pytest.warns(DataWarning, match=r"im000\.jpg"):
-            x = stream.get(0)
-        assert x.shape == (20, 3, 16, 16) and list(stream.skipped) == ["c0/im000.jpg"]
-        stream.get(1)
-        assert len(stream.skipped) == 1  # counted once, however often it comes round
+    stream = _stream(root, split="all", batch_size=20, workers=2, skip_bad=True, channels=3)
+    with pytest.warns(DataWarning, match=r"im000\.jpg"):
+        x = stream.get(0)
+    assert x.shape == (20, 3, 16, 16) and list(stream.skipped) == ["c0/im000.jpg"]
+    stream.get(1)
+    assert len(stream.skipped) == 1  # counted once, however often it comes round
+    with pytest.warns(
+        DataWarning, match=r"left out 1 unreadable image\(s\)"
+    ):  # and the count said at the end
+        stream.close()
 
 
 def test_a_dead_worker_is_one_clear_error(tmp_path: Path) -> None:
