@@ -14,6 +14,7 @@ One thread by default: on a machine shared with other jobs, multi-threaded timin
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -74,13 +75,15 @@ def main(argv: list[str] | None = None) -> int:
         enc = _session(Path(tmp) / "plain" / "encoder.onnx", args.threads)
         dec = _session(Path(tmp) / "plain" / "decoder.onnx", args.threads)
         dec_sub = _session(Path(tmp) / "sub" / "decoder.onnx", args.threads)
+        # The graphs' codes dtype (int32 by default where the codebook fits), as vqkit.json records it.
+        codes_dtype = json.loads((Path(tmp) / "plain" / "vqkit.json").read_text())["codes_dtype"]
         rows = []
         g = torch.Generator().manual_seed(0)
         for b in batches:
             x = torch.rand(b, spec.channels, spec.image_size, spec.image_size, generator=g) * 2 - 1
             with torch.inference_mode():
                 codes = model.quantizer.quantize(model.encoder(x))
-            xn, cn = x.numpy(), codes.numpy()
+            xn, cn = x.numpy(), codes.numpy().astype(codes_dtype)
 
             def torch_enc(x: torch.Tensor = x) -> object:
                 with torch.inference_mode():

@@ -1,4 +1,12 @@
-"""The ONNX exporter: ``encoder.onnx`` (images -> int64 codes) and ``decoder.onnx`` (codes -> images)."""
+"""The ONNX exporter: ``encoder.onnx`` (images -> codes) and ``decoder.onnx`` (codes -> images).
+
+The graphs are written for the broadest set of runtimes that can run them: opset 18 (the lowest the dynamo
+exporter emits) stamped with the lowest ONNX IR version that opset needs (8), which ONNX Runtime 1.16 loads
+(tested in a separate environment by ``tests/test_onnx_compat.py``). Codes are int32 where the codebook fits
+(JavaScript gets an ``Int32Array``, not ``BigInt64Array``). Every graph carries the preprocessing and the codes'
+layout in its own ``metadata_props`` (``vqkit.export.metadata``), so an app that ships only the ``.onnx`` files
+still knows them.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from vqkit._version import __version__
-from vqkit.export import ExportError
+from vqkit.export.metadata import describe, graph_properties
+from vqkit.export.target import ExportError
 from vqkit.exporters.subpixel import rewrite_conv_transpose
 from vqkit.model import VQVAE
 from vqkit.registry import exporters
@@ -22,32 +30,54 @@ from vqkit.runtime import Tokenizer
 DEFAULT_OPSET = 18
 MIN_OPSET = 18  # the dynamo exporter (torch.onnx.export(dynamo=True)) emits opset 18 and newer
 MAX_OPSET = 23
+# The oldest ONNX Runtime that implements an opset (ONNX Runtime's version matrix): 1.14 implements opset 18
+# at IR 8, but 1.16 is the oldest this project tests (tests/test_onnx_compat.py), so nothing older is claimed.
+MIN_ONNXRUNTIME = {18: "1.16", 19: "1.16", 20: "1.17", 21: "1.18", 22: "1.20", 23: "1.22"}
+# ... and the highest IR version each of those loads: IR 10 needs 1.18, IR 11 1.22.
+MIN_ONNXRUNTIME_FOR_IR = {8: "1.16", 9: "1.16", 10: "1.18", 11: "1.22"}
+CODES_DTYPES = {"int32": torch.int32, "int64": torch.int64}
 # protobuf's 2 GB limit: above it the weights go to an external-data file beside the graph.
 SINGLE_FILE_LIMIT = 1_800_000_000
 
 
 class EncodeGraph(nn.Module):
-    """What ``encoder.onnx`` contains: encoder + ``quantizer.quantize``."""
+    """What ``encoder.onnx`` contains: encoder + ``quantizer.quantize``, codes cast to ``codes_dtype``."""
 
-    def __init__(self, model: VQVAE) -> None:
+    def __init__(self, model: VQVAE, codes_dtype: torch.dtype = torch.int64) -> None:
         super().__init__()
         self.encoder = model.encoder
         self.quantizer = model.quantizer
+        self.codes_dtype = codes_dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.quantizer.quantize(self.encoder(images))
+        return self.quantizer.quantize(self.encoder(images)).to(self.codes_dtype)
+
+
+class PixelsEncodeGraph(EncodeGraph):
+    """What ``encoder_uint8.onnx`` contains: uint8 pixels ``[N, H, W, C]`` -> x / 127.5 - 1, NCHW -> codes."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        images = pixels.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
+        return super().forward(images)
 
 
 class DecodeGraph(nn.Module):
-    """What ``decoder.onnx`` contains: ``quantizer.dequantize`` + decoder."""
+    """What ``decoder.onnx`` contains: ``quantizer.dequantize`` + decoder, with codes checked: an image with
+    any code outside [0, codebook_size) comes out all NaN (the code itself is clamped so the graph runs), which
+    no valid image can be mistaken for."""
 
     def __init__(self, model: VQVAE, decoder: nn.Module) -> None:
         super().__init__()
         self.quantizer = model.quantizer
         self.decoder = decoder
+        self.codebook_size = int(model.quantizer.codebook_size)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.quantizer.dequantize(codes))
+        codes = codes.to(torch.int64)
+        valid = (codes >= 0) & (codes < self.codebook_size)
+        images = self.decoder(self.quantizer.dequantize(torch.where(valid, codes, torch.zeros_like(codes))))
+        bad = ~valid.flatten(1).all(dim=1)
+        return torch.where(bad[:, None, None, None], torch.full_like(images, float("nan")), images)
 
 
 def _cache_torchlib_table() -> None:
@@ -74,23 +104,65 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"
 
 
+def min_ir_version(opset: int) -> int:
+    """The lowest ONNX IR version a graph of ``opset`` may be stamped with (from onnx's version table)."""
+    from onnx import helper
+
+    return min(ir for _, ir, op, *_ in helper.VERSION_TABLE if op >= opset)
+
+
+def min_onnxruntime(opset: int, ir_version: int) -> str:
+    versions = [MIN_ONNXRUNTIME.get(opset, "1.22"), MIN_ONNXRUNTIME_FOR_IR.get(ir_version, "1.22")]
+    return max(versions, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
 @exporters.register("onnx")
 class OnnxExporter:
     """ONNX graphs for ONNX Runtime and other apps: encoder.onnx, decoder.onnx, dynamic batch axis.
 
-    ``opset``: ONNX opset version (18-23). ``subpixel``: rewrite each transposed conv that allows it as an exactly
-    equivalent Conv + DepthToSpace (see ``subpixel.py``). Off by default: on the CPU we measured
-    (benchmarks/onnx_speed.py) ONNX Runtime's own ConvTranspose was the faster of the two at every batch size.
+    ``opset``: ONNX opset version (18-23). ``ir_version``: the ONNX IR version the files are stamped with
+    (default: the lowest the opset allows, 8 for opset 18, so older runtimes load them). ``codes_dtype``:
+    ``"int32"`` or ``"int64"`` (default int32 where the codebook fits); the decoder takes the same dtype.
+    ``uint8_encoder``: also write ``encoder_uint8.onnx``, which takes uint8 pixels ``[N, H, W, C]`` at the
+    model's size and maps them to [-1, 1] inside the graph. ``subpixel``: rewrite each transposed conv that
+    allows it as an exactly equivalent Conv + DepthToSpace (see ``subpixel.py``). Off by default: on the CPU
+    we measured (benchmarks/onnx_speed.py) ONNX Runtime's own ConvTranspose was the faster of the two at
+    every batch size.
     """
 
-    def __init__(self, opset: int = DEFAULT_OPSET, subpixel: bool = False) -> None:
+    def __init__(
+        self,
+        opset: int = DEFAULT_OPSET,
+        subpixel: bool = False,
+        ir_version: int | None = None,
+        codes_dtype: str | None = None,
+        uint8_encoder: bool = False,
+    ) -> None:
+        import onnx
+
         if not MIN_OPSET <= int(opset) <= MAX_OPSET:
             raise ValueError(f"opset must be between {MIN_OPSET} and {MAX_OPSET}, got {opset}")
         self.opset = int(opset)
+        lowest = min_ir_version(self.opset)
+        self.ir_version = lowest if ir_version is None else int(ir_version)
+        if not lowest <= self.ir_version <= onnx.IR_VERSION:
+            raise ValueError(
+                f"ir_version must be between {lowest} (the lowest opset {self.opset} allows) and "
+                f"{onnx.IR_VERSION}, got {ir_version}"
+            )
+        if codes_dtype is not None and codes_dtype not in CODES_DTYPES:
+            raise ValueError(f"codes_dtype must be 'int32' or 'int64', got {codes_dtype!r}")
+        self.codes_dtype = codes_dtype
+        self.uint8_encoder = bool(uint8_encoder)
         self.subpixel = bool(subpixel)
 
     def _export_one(
-        self, module: nn.Module, example: torch.Tensor, names: tuple[str, str], path: Path
+        self,
+        module: nn.Module,
+        example: torch.Tensor,
+        names: tuple[str, str],
+        path: Path,
+        props: dict[str, str],
     ) -> None:
         import onnx
 
@@ -123,28 +195,77 @@ class OnnxExporter:
                 f"cannot export the {path.stem} graph to ONNX: {_first_line(exc)}. Its modules must be "
                 f"traceable by torch.export (quantize/dequantize pure, no data-dependent Python control flow)"
             ) from exc
-        if not big:
-            proto = onnx.load(str(path))
-            # Metadata a non-Python app can read straight from the graph file.
-            entries = {"vqkit_version": __version__, "vqkit_graph": path.stem}
-            for key, value in entries.items():
-                proto.metadata_props.add(key=key, value=value)
-            onnx.save(proto, str(path))
+        # Weights stay where the exporter put them (external data, for big models, is not rewritten).
+        proto = onnx.load(str(path), load_external_data=False)
+        self._stamp(proto, props, path)
+        onnx.save(proto, str(path))
+
+    def _stamp(self, proto: Any, props: dict[str, str], path: Path) -> None:
+        """Stamp the lowest IR version asked for and the description into the graph's own metadata."""
+        import onnx
+
+        extra = {p.domain for p in proto.opset_import if p.domain not in ("", "ai.onnx")}
+        if extra or any(p.version > self.opset for p in proto.opset_import if p.domain in ("", "ai.onnx")):
+            raise ExportError(
+                f"the {path.stem} graph uses operator sets beyond opset {self.opset} "
+                f"({', '.join(sorted(extra)) or 'a newer default opset'}); try a higher opset"
+            )
+        proto.ir_version = self.ir_version
+        del proto.metadata_props[:]
+        for key, value in props.items():
+            proto.metadata_props.add(key=key, value=value)
+        try:
+            onnx.checker.check_model(proto)
+        except onnx.checker.ValidationError as exc:
+            raise ExportError(
+                f"the {path.stem} graph is not valid at IR version {self.ir_version}: {_first_line(exc)}; "
+                "try a higher ir_version"
+            ) from exc
+
+    def _codes_dtype(self, model: VQVAE) -> str:
+        if self.codes_dtype is not None:
+            if self.codes_dtype == "int32" and model.quantizer.codebook_size > 2**31:
+                raise ExportError(
+                    f"codes_dtype 'int32' cannot hold codes of a {model.quantizer.codebook_size}-code codebook"
+                )
+            return self.codes_dtype
+        return "int32" if model.quantizer.codebook_size <= 2**31 else "int64"
 
     def export(self, model: VQVAE, folder: Path) -> dict[str, Any]:
         spec = model.spec
         images = torch.rand(2, spec.channels, spec.image_size, spec.image_size) * 2 - 1
         # The batch of 2 keeps torch.export from specialising the batch axis to 1.
+        codes_dtype = self._codes_dtype(model)
+        dtype = CODES_DTYPES[codes_dtype]
         with torch.no_grad():
-            codes = model.quantizer.quantize(model.encoder(images))
+            codes = model.quantizer.quantize(model.encoder(images)).to(dtype)
         decoder, rewritten = (model.decoder, 0)
         if self.subpixel:
             decoder, rewritten = rewrite_conv_transpose(model.decoder)
-        self._export_one(EncodeGraph(model), images, ("images", "codes"), folder / "encoder.onnx")
-        self._export_one(DecodeGraph(model, decoder), codes, ("codes", "images"), folder / "decoder.onnx")
-        return {
-            "files": {"encoder": "encoder.onnx", "decoder": "decoder.onnx"},
+        details = {
             "opset": self.opset,
+            "ir_version": self.ir_version,
+            "min_onnxruntime": min_onnxruntime(self.opset, self.ir_version),
+        }
+        desc = describe(model, codes_dtype)
+        files = {"encoder": "encoder.onnx", "decoder": "decoder.onnx"}
+        graphs = [
+            ("encoder", EncodeGraph(model, dtype), images, ("images", "codes")),
+            ("decoder", DecodeGraph(model, decoder), codes, ("codes", "images")),
+        ]
+        if self.uint8_encoder:
+            files["encoder_uint8"] = "encoder_uint8.onnx"
+            pixels = torch.randint(
+                0, 256, (2, spec.image_size, spec.image_size, spec.channels), dtype=torch.uint8
+            )
+            graphs.append(("encoder_uint8", PixelsEncodeGraph(model, dtype), pixels, ("pixels", "codes")))
+        for role, module, example, names in graphs:
+            props = graph_properties(desc, role, details)
+            self._export_one(module, example, names, folder / files[role], props)
+        return {
+            "files": files,
+            "codes_dtype": codes_dtype,
+            **details,
             "graph_rewrites": {"conv_transpose_to_subpixel": rewritten},
             "torch_version": torch.__version__.split("+")[0],
         }

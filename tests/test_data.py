@@ -105,3 +105,35 @@ def test_torchvision_dataset_offline_and_present(tmp_path: Path) -> None:
     assert out.shape == (3, 1, 32, 32)  # padded like mnist5k
     np.testing.assert_array_equal(out[:, 0, 2:30, 2:30], images)
     assert load_images("mnist", data_root=tmp_path, image_size=28, split="all").shape == (6, 1, 28, 28)
+
+
+def test_sixteen_bit_and_float_images_are_scaled_not_clipped(tmp_path: Path) -> None:
+    from vqkit.data.sources import open_source
+    from vqkit.data.stream import StreamingData
+    from vqkit.errors import VQKitError
+    from vqkit.images import read_image
+
+    ramp = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)  # 0 .. 65472
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as im:
+        assert im.mode.startswith("I;16")  # a real 16-bit PNG, which Pillow's convert() clips at 255
+    expected = np.rint(ramp / 257).astype(np.uint8)
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png", 1)[0], expected)
+    assert len(np.unique(expected)) > 200  # a ramp, not a binary picture
+    np.testing.assert_array_equal(read_image(tmp_path / "deep.png", 3)[1], expected)
+    np.testing.assert_array_equal(load_images(str(tmp_path), split="all")[0, 0], expected)  # folders
+    stream = StreamingData(open_source(tmp_path, "all"), channels=1, image_size=32, batch_size=1, workers=0)
+    np.testing.assert_array_equal(((stream.get(0)[0, 0] + 1) * 127.5).round().byte().numpy(), expected)
+    (tmp_path / "deep.png").unlink()
+
+    unit = np.linspace(0, 1, 32 * 32, dtype=np.float32).reshape(32, 32)
+    Image.fromarray(unit).save(tmp_path / "float.tif")
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "float.tif", 1)[0], np.rint(unit * 255).astype(np.uint8)
+    )
+    Image.fromarray(unit * 1000).save(tmp_path / "float.tif")
+    with pytest.raises(VQKitError, match=r"float\.tif.*floating-point pixels outside \[0, 1\]"):
+        read_image(tmp_path / "float.tif", 1)
+    Image.fromarray(np.full((8, 8), 70000, dtype=np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(VQKitError, match=r"wide\.tif.*32-bit integer pixels"):
+        read_image(tmp_path / "wide.tif", 3)

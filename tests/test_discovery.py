@@ -369,13 +369,19 @@ def test_a_plugin_that_uses_one_name_twice_is_broken(tmp_path: Path) -> None:
 
 
 # --- names already taken ----------------------------------------------------------------------------------
-def test_a_clash_on_the_command_line_says_which_flag_replaces(tmp_path: Path) -> None:
+def test_a_clash_on_the_command_line_says_which_flag_replaces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plugin = tmp_path / "clash.py"
     plugin.write_text(QUANTIZER_SOURCE.format(name="vq"))
     code, text = run("--plugin", str(plugin), "build", "--quantizer", "vq")
     assert code == 1 and text.count("\n") == 1
     assert text.count("registered twice") == 1 and "override=True" not in text
     assert f"load it with --plugin-override {plugin}" in text
+    monkeypatch.setenv("COLUMNS", "300")  # the temporary folder's path is long: keep lines whole
+    code, text = run("--plugin", str(plugin), "plugins")  # listed as broken, once, with the same way out
+    assert code == 0 and text.count("registered twice") == 1 and "Warning" not in text
+    assert f"to use it instead, load it with --plugin-override {plugin}" in text
     out = tmp_path / "m.safetensors"
     code, text = run("--plugin-override", str(plugin), "build", "--quantizer", "vq", "-o", str(out))
     assert code == 0, text

@@ -70,7 +70,7 @@ def test_cli_reconstruct_puts_originals_above_reconstructions(model_file: Path, 
         paths.append(str(p))
     grid = tmp_path / "grid.png"
     result = CliRunner().invoke(
-        cli, ["reconstruct", str(model_file), *paths, "-o", str(grid), "--device", "cpu"]
+        cli, ["reconstruct", str(model_file), *paths, "-o", str(grid), "--device", "cpu", "--scale", "1"]
     )
     assert result.exit_code == 0, result.output
     picture = np.asarray(Image.open(grid))
@@ -81,6 +81,19 @@ def test_cli_reconstruct_puts_originals_above_reconstructions(model_file: Path, 
     x = torch.from_numpy(digits).float() / 127.5 - 1
     expect = ((model.decode(model.encode(x))[0, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
     np.testing.assert_array_equal(picture[36:68, 2:34], expect)  # bottom row: their reconstructions
+
+    # a folder stands for the images under it; the default sheet is enlarged 3x
+    folder = tmp_path / "folder" / "nested"
+    folder.mkdir(parents=True)
+    for i, d in enumerate(digits):
+        Image.fromarray(d[0]).save(folder / f"{i}.png")
+    whole = CliRunner().invoke(
+        cli, ["reconstruct", str(model_file), str(tmp_path / "folder"), "-o", str(grid)]
+    )
+    assert whole.exit_code == 0 and "over 3 image(s)" in whole.output, whole.output
+    assert np.asarray(Image.open(grid)).shape == (3 * (2 * 34 + 2), 3 * (3 * 34 + 2))
+    empty = CliRunner().invoke(cli, ["reconstruct", str(model_file), str(tmp_path / "none"), "-o", str(grid)])
+    assert empty.exit_code == 1 and "no such image file or folder" in empty.output
 
     Image.new("L", (20, 20)).save(tmp_path / "small.png")
     small = CliRunner().invoke(

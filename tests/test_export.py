@@ -72,7 +72,7 @@ def test_cli_export_writes_self_contained_graphs_and_metadata(tmp_path: Path) ->
     write_images(_digits(30, 1), folder)
     code, text = run(
         "export", str(path), "-o", str(tmp_path / "tok"), "--opset", "20", "--data", str(folder),
-        "--set", "subpixel=true",
+        "--set", "subpixel=true", "--codes-dtype", "int64",
     )  # fmt: skip
     assert code == 0, text
     assert "PASSED" in text and "photos" in text and "identical" in text
@@ -80,6 +80,7 @@ def test_cli_export_writes_self_contained_graphs_and_metadata(tmp_path: Path) ->
     assert sorted(p.name for p in out.iterdir()) == ["decoder.onnx", "encoder.onnx", "vqkit.json"]
     info = json.loads((out / "vqkit.json").read_text())
     assert info["opset"] == 20 and info["vqkit_version"] == vqkit.__version__
+    assert info["ir_version"] == 9 and info["min_onnxruntime"] == "1.17"  # the lowest IR opset 20 allows
     assert info["channels"] == 1 and info["image_size"] == 32 and info["grid"] == [4, 4]
     assert info["codebook_size"] == 512 and info["codes_dtype"] == "int64" and info["value_range"] == [-1, 1]
     assert info["model"]["decoder_options"]["head"] == "transpose"
@@ -88,6 +89,7 @@ def test_cli_export_writes_self_contained_graphs_and_metadata(tmp_path: Path) ->
     for name in ("encoder.onnx", "decoder.onnx"):
         proto = onnx.load(str(out / name))
         assert proto.opset_import[0].version == 20
+        assert proto.ir_version == 9
         assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
         batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
         assert batch.dim_param and not batch.dim_value  # dynamic batch axis

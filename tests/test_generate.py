@@ -41,7 +41,7 @@ def test_sampling_is_reproducible_with_a_seed() -> None:
 def test_uniform_codes_use_the_models_real_grid() -> None:
     model = tiny_model()
     codes = uniform_codes(model, 200, seed=0)
-    assert codes.shape == (200, 4, 4)  # the seed tutorial used 32x32 for this 4x4-grid model
+    assert codes.shape == (200, 4, 4)  # the model's real grid, not a fixed 32x32
     assert len(codes.unique()) == 32  # every code of the book is drawn
 
 
@@ -94,7 +94,18 @@ def test_cli_sample_and_interpolate_write_pngs(tmp_path: Path) -> None:
     save_prior(tiny_prior(model), prior_dir / "prior.safetensors")
     out = tmp_path / "samples.png"
     code, text = run(
-        "sample", model_file, "--prior", str(prior_dir), "-n", "6", "-o", str(out), "--seed", "0"
+        "sample",
+        model_file,
+        "--prior",
+        str(prior_dir),
+        "-n",
+        "6",
+        "-o",
+        str(out),
+        "--seed",
+        "0",
+        "--scale",
+        "1",
     )
     assert code == 0, text
     grid = np.asarray(Image.open(out))
@@ -111,22 +122,30 @@ def test_cli_sample_and_interpolate_write_pngs(tmp_path: Path) -> None:
         str(again),
         "--seed",
         "0",
+        "--scale",
+        "1",
     )
     assert np.array_equal(grid, np.asarray(Image.open(again)))
     code, text = run(
         "sample", model_file, "--prior", "uniform", "-n", "16", "-o", str(tmp_path / "noise.png")
     )
-    assert code == 0 and np.asarray(Image.open(tmp_path / "noise.png")).shape == (138, 138)
+    # by default a sheet of 32x32 tiles is enlarged 3x (nearest neighbour): 138 -> 414 pixels
+    assert code == 0 and np.asarray(Image.open(tmp_path / "noise.png")).shape == (3 * 138, 3 * 138)
 
     x = to_uint8(held_out_images(2).numpy())
     write_image(x[0].transpose(1, 2, 0), tmp_path / "a.png")
     write_image(x[1].transpose(1, 2, 0), tmp_path / "b.png")
     code, text = run("sample", model_file, "--prior", str(prior_dir), "-n", "4", "-o", str(tmp_path / "p.png"),
-                     "--prefix", str(tmp_path / "a.png"), "--prefix-rows", "2")  # fmt: skip
+                     "--prefix", str(tmp_path / "a.png"), "--prefix-rows", "2", "--scale", "1")  # fmt: skip
     assert code == 0, text
+    sheet = np.asarray(Image.open(tmp_path / "p.png"))
+    assert sheet.shape == (2 + 2 * 34, 2 + 3 * 34)  # the prefix image, then the 4 completions
+    first = sheet[2:34, 2:34]
+    assert np.array_equal(first[:16], x[0, 0, :16])  # the 2 code rows given (16 pixels) as they are
+    assert np.array_equal(first[16:], x[0, 0, 16:] // 4)  # the rest dimmed
     lerp = tmp_path / "lerp.png"
     code, text = run("interpolate", model_file, str(tmp_path / "a.png"), str(tmp_path / "b.png"),
-                     "--steps", "5", "-o", str(lerp), "--with-inputs")  # fmt: skip
+                     "--steps", "5", "-o", str(lerp), "--with-inputs", "--scale", "1")  # fmt: skip
     assert code == 0, text
     strip = np.asarray(Image.open(lerp))
     assert strip.shape == (36, 2 + 7 * 34)
@@ -143,6 +162,7 @@ def test_cli_sample_and_interpolate_write_pngs(tmp_path: Path) -> None:
         (["--prior", "{model}"], "is a vqkit model, not a prior"),
         (["--prior", "{prior}", "--prefix", "{a}", "--prefix-rows", "4"], "--prefix-rows must lie in 1..3"),
         (["--prior", "{prior}", "--top-k", "99"], "top-k must lie in 1..32"),
+        (["--prior", "{prior}", "--prefix-rows", "2"], "--prefix-rows needs --prefix"),
     ],
 )
 def test_cli_sample_mistakes_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -154,6 +174,15 @@ def test_cli_sample_mistakes_are_one_line(tmp_path: Path, args: list[str], messa
     code, text = run("sample", model_file, *args, "-n", "2", "-o", str(tmp_path / "s.png"))
     assert code == 1 and text.startswith("Error: ") and message in text, text
     assert not (tmp_path / "s.png").exists()
+
+
+def test_cli_prefix_rows_help_matches_what_it_accepts(tmp_path: Path) -> None:
+    code, text = run("sample", "--help")
+    assert "--prefix-rows INTEGER RANGE" in text and "x>=1" in text
+    code, text = run(
+        "sample", str(tiny_model_file()), "--prior", "uniform", "--prefix-rows", "0", "-o", "x.png"
+    )
+    assert code == 2 and "0 is not in the range x>=1" in text
 
 
 def test_cli_interpolate_a_bad_image_is_one_line(tmp_path: Path) -> None:

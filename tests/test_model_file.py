@@ -133,6 +133,9 @@ def test_model_file_records_every_resolved_option_and_version(tmp_path: Path) ->
     assert spec.versions == {part: vqkit.__version__ for part in ("encoder", "quantizer", "decoder")}
     assert model.resolved_options == spec.resolved_options
     assert "init='kmeans' restart_after=50" in model.describe()
+    info = model.summary()["quantizer"]
+    assert info["options"] == {"beta": 0.5} and info["resolved_options"]["restart_after"] == 50
+    assert info["version"] == vqkit.__version__
 
 
 def _trained(seed: int = 0) -> vqkit.VQVAE:

@@ -367,3 +367,14 @@ def test_gumbel_temperature_anneals_and_inference_is_hard() -> None:
     out = q(z)
     rows = q.embedding.weight[out.indices.reshape(-1)]
     torch.testing.assert_close(out.z_q.permute(0, 2, 3, 1).reshape(-1, 4), rows)
+
+
+def test_code_stats_of_a_huge_codebook_do_not_allocate_a_histogram() -> None:
+    """lfq with 40 bits has 2**40 codes: a histogram would need 4 TiB; the stats count what occurs."""
+    q = Q("lfq", 40, None).eval()
+    out = q(torch.randn(2, 40, 3, 3))
+    assert out.stats["codes_used"].item() <= 18 and out.stats["perplexity"].item() >= 1
+    small = code_stats(torch.tensor([0, 0, 1, 3]), 4)
+    huge = code_stats(torch.tensor([0, 0, 1, 3]), 2**40)
+    assert torch.equal(small["codes_used"], huge["codes_used"])
+    torch.testing.assert_close(small["perplexity"], huge["perplexity"])

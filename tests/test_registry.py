@@ -43,6 +43,30 @@ def test_importing_a_builtin_module_first_keeps_it_built_in() -> None:
     assert out.stdout.split() == ["built-in", "True"]
 
 
+def test_first_lookups_from_many_threads_all_find_the_builtins() -> None:
+    # Eight threads look up at once in a fresh interpreter while another imports a built-in module itself:
+    # none may see a half-loaded registry, and none may wait on the other forever.
+    code = (
+        "import threading\n"
+        "from vqkit.registry import encoders, quantizers\n"
+        "found, barrier = [], threading.Barrier(9)\n"
+        "def look():\n"
+        "    barrier.wait()\n"
+        "    found.append((quantizers.entry('ema').origin, encoders.entry('conv3').origin))\n"
+        "def load_directly():\n"
+        "    barrier.wait()\n"
+        "    import vqkit.plugins.quantizers.fsq\n"
+        "threads = [threading.Thread(target=look) for _ in range(8)]\n"
+        "threads.append(threading.Thread(target=load_directly))\n"
+        "[t.start() for t in threads]\n"
+        "[t.join() for t in threads]\n"
+        "print(len(found), set(found), quantizers.entry('fsq').origin)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "8 {('built-in', 'built-in')} built-in"
+
+
 def test_registry_and_loader_do_not_import_each_other() -> None:
     def imports(module: str) -> set[str]:
         tree = ast.parse((VQKIT / f"{module}.py").read_text())
@@ -70,6 +94,11 @@ def test_exporter_registry_is_not_shadowed_by_the_exporters_package() -> None:
 
 def test_objectives_are_a_fifth_kind_like_the_others() -> None:
     assert REGISTRIES["objective"] is objectives and Registries().objectives is objectives
+    # vqkit.objectives is the module of the objective contract (Objective, Loss); the registry lives beside the
+    # other kinds, as vqkit.exporters is the package of built-in exporters and the registry vqkit.registry.exporters
+    import vqkit.objectives as module
+
+    assert module.Objective and module.build_loss and vqkit.registry.objectives is objectives
     assert objectives.kind == "objective" and objectives.positional == ()
 
 

@@ -49,7 +49,7 @@ def test_cli_train_writes_a_usable_run(tmp_path: Path) -> None:
     for name in ("model.safetensors", "train_state.pt", "recon_000003.png", "recon_000006.png"):
         assert (out / name).is_file(), name
     with Image.open(out / "recon_000006.png") as im:  # 8 originals above their 8 reconstructions
-        assert im.size == (8 * 34 + 2, 2 * 34 + 2)
+        assert im.size == (3 * (8 * 34 + 2), 3 * (2 * 34 + 2))  # enlarged 3x: 32-pixel tiles become 96
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "loss" in r]
     assert steps == [2, 3, 4, 6]

@@ -3,7 +3,7 @@
 Attributes load lazily, so ``import vqkit.runtime`` (numpy + onnxruntime only) never imports torch.
 
 The exporter registry is ``vqkit.registry.exporters``: ``vqkit.exporters`` is the package of built-in exporters
-(DESIGN.md's layout), and a lazy attribute of the same name would be replaced by that package once imported.
+(the package mapped from the repository's exporters/ folder), and a lazy attribute of the same name would be replaced by that package once imported.
 """
 
 from __future__ import annotations

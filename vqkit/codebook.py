@@ -43,9 +43,17 @@ def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
     return counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
 
 
+# Above this many codes a [K] histogram would take more memory than the codes it describes (lfq with many bits):
+# count the codes that occur instead (torch.unique, a device sync).
+HISTOGRAM_MAX_CODES = 2**24
+
+
 def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
     """Perplexity and number of distinct codes in a batch of indices, from a histogram (no one-hot)."""
-    counts = code_counts(indices, codebook_size)
+    if codebook_size > HISTOGRAM_MAX_CODES:
+        counts = torch.unique(indices.reshape(-1), return_counts=True)[1].float()
+    else:
+        counts = code_counts(indices, codebook_size)
     probs = counts / counts.sum().clamp_min(1)
     entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum()
     return {"perplexity": torch.exp(entropy).detach(), "codes_used": (counts > 0).sum().float().detach()}

@@ -59,6 +59,10 @@ class Quantizer(nn.Module):
     - ``forward(z) -> Quantized``: training path (may update buffers, e.g. EMA statistics).
     - ``quantize(z) -> indices`` and ``dequantize(indices) -> z_q``: pure, deterministic, no buffer updates,
       traceable by ``torch.export``; these are what exported graphs contain.
+
+    A quantizer that treats each latent vector on its own can subclass :class:`vqkit.codebook.FlatQuantizer`
+    and work on rows ``[N, D]`` only; one with a learnt nearest-neighbour codebook can subclass
+    :class:`vqkit.codebook.Codebook` (which rvq and gvq can then stack, ``codebook=NAME``).
     """
 
     dim: int

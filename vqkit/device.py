@@ -67,6 +67,6 @@ def autocast(precision: str, device: torch.device) -> Iterator[None]:
 
 def use_channels_last(choice: bool | None, device: torch.device) -> bool:
     """Channels-last pays off for convolutions on CUDA (cuDNN's NHWC kernels, tensor cores) and on CPU
-    (oneDNN's NHWC convolutions: 1.08x the images/s at batch 128 and 1.20x at batch 1024 for the seed
+    (oneDNN's NHWC convolutions: 1.08x the images/s at batch 128 and 1.20x at batch 1024 for the conv3
     architecture on 2 idle cores, ``benchmarks/train_speed.py``); elsewhere (mps) only when asked."""
     return device.type in ("cuda", "cpu") if choice is None else bool(choice)

@@ -44,11 +44,7 @@ def _call(what: str, fn: Callable[..., Any], *args: Any) -> Any:
         raise ShapeError(f"{what} failed on {shapes}: {_first_line(exc)}") from exc
 
 
-def _check_quantizer(quantizer: nn.Module, z: torch.Tensor, name: str) -> torch.Tensor:
-    """Run the quantizer's three entry points on latents ``z`` and check what each returns; gives z_q."""
-    b, _, h, w = z.shape
-    s = int(getattr(quantizer, "num_codebooks", 1))
-    codes_shape = [b, h, w] if s == 1 else [b, h, w, s]
+def _check_forward(quantizer: nn.Module, z: torch.Tensor, name: str, codes_shape: list[int]) -> None:
     out = _call(f"quantizer {name!r}", quantizer, z)
     for attr in ("z_q", "indices", "loss"):
         if not isinstance(getattr(out, attr, None), torch.Tensor):
@@ -61,8 +57,19 @@ def _check_quantizer(quantizer: nn.Module, z: torch.Tensor, name: str) -> torch.
     if list(out.indices.shape) != codes_shape or out.loss.numel() != 1:
         raise ShapeError(
             f"quantizer {name!r} returned indices {list(out.indices.shape)} and a loss of {out.loss.numel()} "
-            f"values; the contract wants indices {codes_shape} ({s} codebook(s)) and a scalar loss"
+            f"values; the contract wants indices {codes_shape} and a scalar loss"
         )
+
+
+def _check_quantizer(quantizer: nn.Module, z: torch.Tensor, name: str) -> torch.Tensor:
+    """Run the quantizer's entry points on latents ``z`` and check what each returns; gives the quantized
+    latents. The training path (``forward``) is checked when the quantizer has one: an inference-only
+    quantizer (``quantize``/``dequantize`` alone) can still be built and exported."""
+    b, _, h, w = z.shape
+    s = int(getattr(quantizer, "num_codebooks", 1))
+    codes_shape = [b, h, w] if s == 1 else [b, h, w, s]
+    if type(quantizer).forward is not nn.Module.forward:
+        _check_forward(quantizer, z, name, codes_shape)
     codes = _call(f"quantizer {name!r}.quantize", quantizer.quantize, z)
     if (
         not isinstance(codes, torch.Tensor)
@@ -81,7 +88,7 @@ def _check_quantizer(quantizer: nn.Module, z: torch.Tensor, name: str) -> torch.
         raise ShapeError(
             f"quantizer {name!r}.dequantize returned {got} for codes {codes_shape}; the contract wants {list(z.shape)}"
         )
-    return out.z_q
+    return back
 
 
 def dry_run(encoder: nn.Module, quantizer: nn.Module, decoder: nn.Module, spec: ModelSpec) -> None:

@@ -189,17 +189,19 @@ def reconstruct_files(
     *,
     device: str = "auto",
     per_row: int = 8,
+    scale: int | None = None,
 ) -> dict[str, Any]:
     """``vqkit reconstruct``: encode and decode image files, write a grid with each row of originals above
     the row of their reconstructions (``per_row`` images a row), and return ``{"images", "mse", "psnr"}``.
-    Files are converted to the model's channels and resized/cropped to its size; a file smaller than that
-    is an error naming it."""
+    A folder in ``paths`` stands for every image file under it (recursive, sorted). Files are converted to
+    the model's channels and resized/cropped to its size; a file smaller than that is an error naming it."""
     from vqkit.data import DataError
     from vqkit.device import resolve_device
-    from vqkit.images import read_image
+    from vqkit.images import expand_image_paths, read_image
     from vqkit.modelfile import load, read_spec
 
     spec, _ = read_spec(model_path)
+    paths = expand_image_paths(paths)
     size = spec.image_size
     originals = []
     for p in paths:
@@ -218,7 +220,7 @@ def reconstruct_files(
         for block in (images[i : i + cols], recon_u8[i : i + cols]):
             pad = np.zeros((cols - len(block), *block.shape[1:]), dtype=np.uint8)
             rows.append(np.concatenate([block, pad]))
-    write_grid(np.concatenate(rows), output, nrow=cols)
+    write_grid(np.concatenate(rows), output, nrow=cols, scale=scale)
     mse = float(((recon.float().cpu() - torch.from_numpy(to_float(images))) ** 2).mean())
     return {"images": n, "mse": mse, "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
 

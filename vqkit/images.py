@@ -23,34 +23,92 @@ def _pil():
     return Image
 
 
-def read_image(path: str | os.PathLike[str], channels: int, size: int | None = None) -> np.ndarray:
-    """One image file -> uint8 ``[C, H, W]``; converted to ``channels`` (1 grey, 3 RGB, 4 RGBA), and if ``size``
-    is given, resized (shorter side) and centre-cropped to ``size x size``. Raises VQKitError naming the file."""
+# Modes that hold more than 8 bits a pixel: Pillow's convert() to "L"/"RGB" would clip them at 255.
+_SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+def _eight_bit(im, name: str):
+    """A single-channel image with more than 8 bits a pixel -> mode ``L``, scaled (not clipped) to 0..255:
+    16-bit integers by 65535 -> 255; 32-bit integers only from a PNG (where they are 16-bit samples);
+    floats when they lie in [0, 1]. Anything else is refused with a message naming the file."""
     Image = _pil()
+    mode = im.mode
+    if mode not in (*_SIXTEEN_BIT, "I", "F"):
+        return im
+    arr = np.asarray(im)
+    if mode == "I" and im.format != "PNG":
+        raise VQKitError(
+            f"cannot read image {name}: it holds 32-bit integer pixels, which have no agreed 8-bit scale; "
+            "convert it to 8 or 16 bits a channel"
+        )
+    if mode == "F":
+        finite = np.isfinite(arr).all()
+        if not finite or (arr.size and (arr.min() < 0 or arr.max() > 1)):
+            raise VQKitError(
+                f"cannot read image {name}: it holds floating-point pixels outside [0, 1] "
+                "(or NaN), which have no agreed 8-bit scale; convert it to 8 or 16 bits a channel"
+            )
+        eight = np.rint(arr.astype(np.float64) * 255.0)
+    else:
+        wide = arr.astype(np.int64)
+        if wide.size and (wide.min() < 0 or wide.max() > 65535):
+            raise VQKitError(f"cannot read image {name}: its pixel values lie outside 0..65535")
+        eight = (wide * 255 + 32767) // 65535  # rounded, so 65535 -> 255 and 257 * v -> v
+    return Image.fromarray(eight.astype(np.uint8), "L")
+
+
+def open_image(source, channels: int, name: str | None = None):
+    """A decoded Pillow image in the mode for ``channels`` (1 ``L``, 3 ``RGB``, 4 ``RGBA``), high-bit-depth
+    pixels scaled to 8 bits. ``source``: a path or a binary file object. Raises VQKitError naming the file."""
+    Image = _pil()
+    label = name if name is not None else str(source)
+    mode = _MODES.get(channels)
+    if mode is None:
+        raise VQKitError(f"cannot convert images to {channels} channels (use 1, 3 or 4)")
     try:
-        with Image.open(path) as im:
+        with Image.open(source) as im:
             im.load()
-            mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
-            if mode is None:
-                raise VQKitError(f"cannot convert images to {channels} channels (use 1, 3 or 4)")
-            im = im.convert(mode)
-            if size is not None and im.size != (size, size):
-                w, h = im.size
-                scale = size / min(w, h)
-                nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-                im = im.resize((nw, nh), Image.BICUBIC)
-                left, top = (nw - size) // 2, (nh - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-            arr = np.asarray(im, dtype=np.uint8)
+            return _eight_bit(im, label).convert(mode)
     except VQKitError:
         raise
     except FileNotFoundError:
-        raise VQKitError(f"no such image file: {path}") from None
+        raise VQKitError(f"no such image file: {label}") from None
     except Exception as exc:  # Pillow raises many types for bad files
-        raise VQKitError(f"cannot read image {path}: {exc}") from exc
+        raise VQKitError(f"cannot read image {label}: {exc}") from exc
+
+
+def centre_square(im, size: int):
+    """Resize (shorter side to ``size``, bicubic) and centre-crop a Pillow image to ``size x size``."""
+    if im.size == (size, size):
+        return im
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), _pil().BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
+
+
+def to_chw(im) -> np.ndarray:
+    """A Pillow image -> uint8 ``[C, H, W]``."""
+    arr = np.asarray(im, dtype=np.uint8)
     if arr.ndim == 2:
         arr = arr[:, :, None]
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def read_image(path: str | os.PathLike[str], channels: int, size: int | None = None) -> np.ndarray:
+    """One image file -> uint8 ``[C, H, W]``; converted to ``channels`` (1 grey, 3 RGB, 4 RGBA), and if ``size``
+    is given, resized (shorter side) and centre-cropped to ``size x size``. 16-bit and float images are
+    scaled to 8 bits (see :func:`open_image`). Raises VQKitError naming the file."""
+    im = open_image(path, channels)
+    try:
+        if size is not None:
+            im = centre_square(im, size)
+        return to_chw(im)
+    except Exception as exc:
+        raise VQKitError(f"cannot read image {path}: {exc}") from exc
 
 
 def read_images(
@@ -66,10 +124,44 @@ def read_images(
     return np.stack(arrays)
 
 
+def find_image_names(folder: str | os.PathLike[str]) -> list[str]:
+    """The ``/``-separated paths, relative to ``folder``, of every image file under it (recursive; symlinked
+    folders are not entered), in :func:`find_images`' order. Strings, not Paths: a folder of a million
+    images lists in a fraction of the memory."""
+    root = os.fspath(folder)
+    names = []
+    for top, dirs, files in os.walk(root):
+        dirs.sort()
+        rel = os.path.relpath(top, root)
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
+        for f in files:
+            if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES and os.path.isfile(os.path.join(top, f)):
+                names.append(prefix + f)
+    names.sort(key=lambda n: n.split("/"))  # Path order: compared part by part
+    return names
+
+
 def find_images(folder: str | os.PathLike[str]) -> list[Path]:
     """Every image file under ``folder`` (recursive), sorted."""
     root = Path(folder)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [root / n for n in find_image_names(root)]
+
+
+def expand_image_paths(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, and each folder as every image file under it (recursive, sorted); an empty folder or a
+    missing path is an error naming it."""
+    out: list[Path] = []
+    for item in map(Path, paths):
+        if item.is_dir():
+            found = find_images(item)
+            if not found:
+                raise VQKitError(f"no image files in folder {item}")
+            out.extend(found)
+        elif item.exists():
+            out.append(item)
+        else:
+            raise VQKitError(f"no such image file or folder: {item}")
+    return out
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -111,9 +203,30 @@ def write_image(array_hwc: np.ndarray, path: str | os.PathLike[str]) -> Path:
     return target
 
 
-def write_grid(images: np.ndarray, path: str | os.PathLike[str], nrow: int | None = None) -> Path:
-    """Tile ``[N, C, H, W]`` images into one PNG."""
-    return write_image(make_grid(images, nrow), path)
+# Sheets are enlarged (nearest neighbour, whole factors) until a tile is about this many pixels tall: a
+# 32x32 image written at its native size is too small to judge by eye.
+SHEET_TILE = 96
+
+
+def sheet_scale(image_size: int, scale: int | None = None) -> int:
+    """The whole-number enlargement of a sheet of ``image_size`` tiles: ``scale``, or by default enough to make
+    a tile about 96 pixels (1 for images that large already)."""
+    if scale is not None:
+        if scale < 1:
+            raise VQKitError(f"scale must be a whole number of at least 1, got {scale}")
+        return int(scale)
+    return max(1, min(8, round(SHEET_TILE / max(image_size, 1))))
+
+
+def write_grid(
+    images: np.ndarray, path: str | os.PathLike[str], nrow: int | None = None, scale: int | None = None
+) -> Path:
+    """Tile ``[N, C, H, W]`` images into one PNG, enlarged by ``scale`` (default: :func:`sheet_scale`)."""
+    grid = make_grid(images, nrow)
+    factor = sheet_scale(int(np.asarray(images).shape[-2]), scale)
+    if factor > 1:
+        grid = grid.repeat(factor, axis=0).repeat(factor, axis=1)
+    return write_image(grid, path)
 
 
 def write_images(

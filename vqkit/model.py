@@ -168,26 +168,26 @@ class VQVAE(nn.Module):
 
     # --- description -------------------------------------------------------------------------------------
     def summary(self) -> dict[str, Any]:
+        """A JSON-ready description: per part its name, user-set and resolved options, version and parameter
+        count; then sizes, grid and code budget."""
+
         def count(m: nn.Module) -> int:
             return sum(p.numel() for p in m.parameters())
 
         h, w = self.grid
+        resolved = self.resolved_options
+        parts = {
+            part: {
+                "name": getattr(self.spec, part),
+                "options": getattr(self.spec, f"{part}_options"),  # as the user set them
+                "resolved_options": resolved[part],  # every option, defaults included
+                "version": self.spec.versions.get(part),
+                "parameters": count(getattr(self, part)),
+            }
+            for part in PARTS
+        }
         return {
-            "encoder": {
-                "name": self.spec.encoder,
-                "options": self.spec.encoder_options,
-                "parameters": count(self.encoder),
-            },
-            "quantizer": {
-                "name": self.spec.quantizer,
-                "options": self.spec.quantizer_options,
-                "parameters": count(self.quantizer),
-            },
-            "decoder": {
-                "name": self.spec.decoder,
-                "options": self.spec.decoder_options,
-                "parameters": count(self.decoder),
-            },
+            **parts,
             "parameters": count(self),
             "channels": self.spec.channels,
             "image_size": self.spec.image_size,

@@ -93,5 +93,7 @@ def validate_options(entry: Entry, options: dict[str, Any]) -> dict[str, Any]:
         out[name] = _coerce(entry, name, value, opt.default)
     missing = [o.name for o in entry.options if o.required and o.name not in out]
     if missing:
-        raise OptionError(f"{entry.kind} {entry.name!r} needs option(s): {', '.join(missing)} (use --set)")
+        raise OptionError(
+            f"{entry.kind} {entry.name!r} needs option(s): {', '.join(missing)} (set them in {entry.kind}_options)"
+        )
     return out

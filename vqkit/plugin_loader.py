@@ -68,6 +68,8 @@ class PluginWarning(UserWarning):
 class BrokenPlugin:
     source: str
     error: str
+    spec: str | None = None  # the module or path, when the user named it for this command (--plugin)
+    clash: bool = False  # it failed because one of its names was taken
 
 
 class Target(Protocol):
@@ -109,6 +111,7 @@ class _Source:
     distribution: str | None  # "name==version" of the package that provides it
     owner: str | None  # module whose registrations made before it loaded (an early import) are its own
     load: Callable[[], Any]
+    spec: str | None = None  # the module or path a user names it by; None for an entry point
 
 
 class PluginLoader:
@@ -123,12 +126,15 @@ class PluginLoader:
         self.broken: list[BrokenPlugin] = []  # one list for the life of the loader; callers may hold it
         self._targets: list[Target] = []
         self._loose: list[Mark] = []  # made outside any plugin load
-        self._batches: list[list[Mark]] = []  # one per plugin loading right now (a plugin may load another)
+        self._local = threading.local()  # per thread: the marks of each plugin it is loading right now
         self._loaded: set[str] = set()
         self._requested: list[tuple[str, bool]] = []
         self._retry: dict[str, list[Mark]] = {}  # what a plugin that imported but then failed registered
         self._scanned = False
+        # _lock is held while loading (imports included); _loose_lock only around list updates, so a thread
+        # that imports a plugin module while another loads can always record its marks (no deadlock).
         self._lock = threading.RLock()
+        self._loose_lock = threading.Lock()
 
     # --- what registries call ---------------------------------------------------------------------------
     def attach(self, target: Target) -> None:
@@ -136,11 +142,15 @@ class PluginLoader:
         self._targets.append(target)
 
     def mark(self, mark: Mark) -> None:
-        with self._lock:
-            (self._batches[-1] if self._batches else self._loose).append(mark)
+        batches = self._batches()
+        if batches:
+            batches[-1].append(mark)
+        else:
+            with self._loose_lock:
+                self._loose.append(mark)
 
     def unmark(self, target: Target, name: str) -> None:
-        with self._lock:
+        with self._loose_lock:
             self._loose = [m for m in self._loose if not (m.target is target and m.name == name)]
 
     def ensure_loaded(self) -> None:
@@ -148,9 +158,13 @@ class PluginLoader:
         it sees what is there so far (the built-ins load first)."""
         if self._scanned and not self._loose:
             return
-        with self._lock:
-            if not self._batches:
-                self.load()
+        if not self._batches():
+            self.load()
+
+    def _batches(self) -> list[list[Mark]]:
+        if not hasattr(self._local, "batches"):
+            self._local.batches = []
+        return self._local.batches
 
     # --- loading ----------------------------------------------------------------------------------------
     def request(self, specs: Iterable[str], *, override: bool = False) -> None:
@@ -163,8 +177,9 @@ class PluginLoader:
     def load(self, extra: Iterable[str] = (), *, strict: bool = True, override: bool = False) -> None:
         """Entry points, then ``VQKIT_PLUGINS``, then requested plugins and ``extra``, then registrations
         made outside any plugin. Each source loads once. A requested or ``extra`` plugin that fails raises
-        :class:`PluginLoadError` (unless not ``strict``); the others are warned about and listed as broken.
-        ``override`` lets the components of ``extra`` replace registered ones of the same name."""
+        :class:`PluginLoadError`; without ``strict`` it is listed as broken, for the caller to show. Other
+        plugins that fail are warned about and listed as broken. ``override`` lets the components of
+        ``extra`` replace registered ones of the same name."""
         with self._lock:
             self.load_entry_points()
             for item in os.environ.get(ENV_VAR, "").replace(os.pathsep, ",").split(","):
@@ -172,11 +187,14 @@ class PluginLoader:
             # A request is tried once: a failure is reported now, not again by every later load.
             requested, self._requested = self._requested, []
             for spec, replace in requested:
-                self.load_spec(spec, strict=strict, override=replace)
+                self.load_spec(spec, strict=strict, override=replace, named=True)
             for spec in extra:
-                self.load_spec(spec, strict=strict, override=override)
-            while self._loose and not self._batches:
-                mark = self._loose.pop(0)
+                self.load_spec(spec, strict=strict, override=override, named=True)
+            while not self._batches():
+                with self._loose_lock:
+                    if not self._loose:
+                        break
+                    mark = self._loose.pop(0)
                 try:
                     self._commit([mark], origin=f"module {mark.module}", distribution=None, override=False)
                 except DuplicateComponentError as exc:  # the caller's own registration: an error it can fix
@@ -187,7 +205,6 @@ class PluginLoader:
         """Every ``vqkit.plugins`` entry point: vqkit's own first (a third-party plugin that imports a built-in
         to subclass it must not take its origin), then the others by distribution name."""
         with self._lock:
-            self._scanned = True
             eps = sorted(
                 metadata.entry_points(group=ENTRY_POINT_GROUP),
                 key=lambda ep: (not _is_builtin(_dist_name(ep)), (_dist_name(ep) or "").lower(), ep.name),
@@ -197,24 +214,34 @@ class PluginLoader:
             if not any(_is_builtin(_dist_name(ep)) for ep in eps):
                 for module in BUILTIN_MODULES:  # a source tree that was never installed: still the built-ins
                     self.load_spec(module, origin=BUILTIN, strict=False)
+            # Only now: a lookup in another thread must not take a half-loaded registry for a loaded one.
+            self._scanned = True
 
     def load_spec(
-        self, spec: str, *, origin: str | None = None, strict: bool = True, override: bool = False
+        self,
+        spec: str,
+        *,
+        origin: str | None = None,
+        strict: bool = True,
+        override: bool = False,
+        named: bool = False,
     ) -> None:
         """One plugin named as a module (``my_pkg.plugin``; ``my_pkg.plugin:register`` for a callable), a
-        ``.py`` file or a package folder (a path: it contains a ``/`` or ends in ``.py``)."""
+        ``.py`` file or a package folder (a path: it contains a ``/`` or ends in ``.py``).
+
+        ``named``: the user named it for this call (``--plugin``); if it fails without ``strict``, the caller
+        lists it (``vqkit plugins``), so there is no warning besides."""
         spec = spec.strip()
         if spec:
             with self._lock:
-                self._load(_named_source(spec, origin), strict=strict, override=override)
+                self._load(_named_source(spec, origin), strict=strict, override=override, named=named)
 
-    def _load(self, source: _Source, *, strict: bool, override: bool) -> None:
+    def _load(self, source: _Source, *, strict: bool, override: bool, named: bool = False) -> None:
         if source.key in self._loaded:
             return
         self._loaded.add(source.key)
-        mine = [m for m in self._loose if _owns(source.owner, m.module)] + self._retry.pop(source.key, [])
-        self._loose = [m for m in self._loose if not _owns(source.owner, m.module)]
-        self._batches.append(mine)
+        batches = self._batches()
+        batches.append(self._retry.pop(source.key, []))
         imported = False
         try:
             try:
@@ -222,25 +249,35 @@ class PluginLoader:
                 imported = True
                 _run_plugin(plugin, self.handed)
             finally:
-                batch = self._batches.pop()
+                batch = batches.pop()
+                # Also what its modules registered outside this load: imported earlier, or by another thread
+                # meanwhile. Taken either way, so a plugin that fails contributes nothing.
+                with self._loose_lock:
+                    batch += [m for m in self._loose if _owns(source.owner, m.module)]
+                    self._loose = [m for m in self._loose if not _owns(source.owner, m.module)]
             self._commit(batch, origin=source.origin, distribution=source.distribution, override=override)
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # SystemExit too: a plugin must not end the program
-            if strict:
-                self._loaded.discard(source.key)  # named again, it is tried again
+            if strict or named:
+                self._loaded.discard(source.key)  # named again (maybe to override), it is tried again
                 if imported:  # Python keeps the module: a retry would not see its registrations again
                     self._retry[source.key] = batch
+            if strict:
                 text = _describe(exc)
                 if isinstance(exc, DuplicateComponentError):
                     text += " (pass override=True to let it replace the registered one)"
                 raise PluginLoadError(source.shown, exc, text) from exc
-            self.broken.append(BrokenPlugin(source.shown, _describe(exc)))
-            warnings.warn(
-                f"vqkit plugin {source.shown} failed to load and is skipped: {_describe(exc)}",
-                PluginWarning,
-                stacklevel=2,
+            clash = isinstance(exc, DuplicateComponentError)
+            self.broken.append(
+                BrokenPlugin(source.shown, _describe(exc), source.spec if named else None, clash)
             )
+            if not named:
+                warnings.warn(
+                    f"vqkit plugin {source.shown} failed to load and is skipped: {_describe(exc)}",
+                    PluginWarning,
+                    stacklevel=2,
+                )
 
     def _commit(self, batch: list[Mark], *, origin: str, distribution: str | None, override: bool) -> None:
         """All of ``batch`` or, if one of its names is taken, none of it."""
@@ -263,7 +300,7 @@ class PluginLoader:
         """Undo, on leaving the block, every registration and plugin load made inside it (for tests that
         register fake components or load fake plugins). Plugin files loaded inside are forgotten too, so
         loading them again registers again."""
-        with self._lock:
+        with self._lock, self._loose_lock:
             state = (
                 list(self._loose),
                 set(self._loaded),
@@ -277,7 +314,7 @@ class PluginLoader:
         try:
             yield
         finally:
-            with self._lock:
+            with self._lock, self._loose_lock:
                 self._loose, self._loaded, self._requested, self._retry, self._scanned = state
                 for target, table in tables:
                     target.restore(table)
@@ -306,8 +343,14 @@ def _entry_point_source(ep: metadata.EntryPoint) -> _Source:
     else:
         origin, pinned = f"entry point {ep.name}", None
     where = f"{name} {dist.version}" if dist is not None else "no distribution"
-    return _Source(f"ep:{ep.name}={ep.value}", f"{ep.name} ({ep.value}, from {where})", origin, pinned,
-                   ep.module, ep.load)  # fmt: skip
+    return _Source(
+        key=f"ep:{ep.name}={ep.value}",
+        shown=f"{ep.name} ({ep.value}, from {where})",
+        origin=origin,
+        distribution=pinned,
+        owner=ep.module,
+        load=ep.load,
+    )
 
 
 def _is_path(spec: str) -> bool:
@@ -319,11 +362,24 @@ def _named_source(spec: str, origin: str | None) -> _Source:
         path = Path(spec)
         label = f"folder {spec}" if path.is_dir() else f"file {spec}"
         return _Source(
-            f"file:{path.resolve()}", spec, origin or label, None, None, lambda: _import_path(path)
+            key=f"file:{path.resolve()}",
+            shown=spec,
+            origin=origin or label,
+            distribution=None,
+            owner=None,
+            load=lambda: _import_path(path),
+            spec=spec,
         )
     module, _, attr = spec.partition(":")
-    return _Source(f"module:{spec}", spec, origin or f"module {module}", None, module,
-                   lambda: _import_attribute(module, attr))  # fmt: skip
+    return _Source(
+        key=f"module:{spec}",
+        shown=spec,
+        origin=origin or f"module {module}",
+        distribution=None,
+        owner=module,
+        load=lambda: _import_attribute(module, attr),
+        spec=spec,
+    )
 
 
 def _owns(owner: str | None, module: str) -> bool:

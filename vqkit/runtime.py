@@ -5,15 +5,28 @@
     codes = tok.encode(images)                      # int64 [N, h, w] (or [N, h, w, S])
     images = tok.decode(codes)                      # float32 [N, C, H, W] in [-1, 1]; uint8=True: [N, H, W, C]
 
+``threads``: ONNX Runtime's intra-op thread count for each graph (``SessionOptions.intra_op_num_threads``);
+``None`` lets ONNX Runtime choose (one per physical core). Set ``threads=1`` when many threads or processes each
+hold a Tokenizer (a web server's workers), so they do not oversubscribe the cores; a larger value speeds up
+large batches in a single caller.
+
+This module (with ``vqkit.images`` and ``vqkit.errors``) is also the whole of the ``vqkit-runtime``
+distribution (``runtime/`` in the repository), which installs numpy, ONNX Runtime and Pillow but not torch.
+
 Image inputs ``encode`` accepts (the layout follows the dtype):
 
 - ``uint8``, channels last, values 0..255: ``[H, W, C]`` or ``[N, H, W, C]`` (what Pillow and OpenCV give;
   for one-channel models also ``[H, W]``);
 - ``float16/32/64``, channels first, values in [-1, 1]: ``[C, H, W]`` or ``[N, C, H, W]`` (what the model sees).
 
-One image in gives codes without the batch axis; a batch gives a batch. ``decode`` mirrors it. A Tokenizer holds
-no mutable state, so one instance may serve ``encode``/``decode`` calls from many threads at once (ONNX Runtime
-sessions are thread-safe for ``run``).
+One image in gives codes without the batch axis; a batch gives a batch. ``decode`` mirrors it; it takes int32
+or int64 codes (whatever the export's ``codes_dtype``) and refuses codes outside the codebook with one error.
+A Tokenizer holds no mutable state, so one instance may serve ``encode``/``decode`` calls from many threads at
+once (ONNX Runtime sessions are thread-safe for ``run``).
+
+A tokenizer folder someone hands you is checked before use: ``vqkit.json`` may only name graph files inside
+the folder (no absolute paths, ``..`` or symlinks out), and so may the graphs' external-data references; the
+graphs' input and output signatures (and their own metadata) must match what ``vqkit.json`` says.
 """
 
 from __future__ import annotations
@@ -56,6 +69,59 @@ def _resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+# How an ONNX file names an external-data file: a StringStringEntryProto {key: "location", value: PATH}, i.e.
+# field 1 = the 8 bytes "location", then field 2 = the path, length-prefixed (protobuf wire format).
+_LOCATION_ENTRY = b"\n\x08location\x12"
+_CODES_DTYPES = {"tensor(int32)": np.int32, "tensor(int64)": np.int64}
+
+
+def _inside(folder: Path, name: Any) -> Path | None:
+    """``folder / name`` if ``name`` is a plain relative path that stays inside ``folder`` once symlinks are
+    resolved; else None."""
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name:
+        return None
+    if any(part == ".." for part in Path(name).parts):
+        return None
+    path = folder / name
+    try:
+        if not path.resolve().is_relative_to(folder.resolve()):
+            return None
+    except (OSError, RuntimeError):
+        return None
+    return path
+
+
+def _varint(data: bytes, at: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while at < len(data) and shift < 64:
+        byte = data[at]
+        value |= (byte & 0x7F) << shift
+        at += 1
+        if not byte & 0x80:
+            return value, at
+        shift += 7
+    return -1, at
+
+
+def external_data_paths(file: Path) -> list[str]:
+    """Every external-data location an ONNX file names (read from the protobuf bytes, without the onnx
+    package). A false hit would need those 11 exact bytes inside a weight, and would only refuse the file."""
+    import mmap
+
+    found = []
+    with open(file, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return found
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            at = data.find(_LOCATION_ENTRY)
+            while at >= 0:
+                length, start = _varint(data, at + len(_LOCATION_ENTRY))
+                if 0 <= length <= 4096:
+                    found.append(bytes(data[start : start + length]).decode("utf-8", "replace"))
+                at = data.find(_LOCATION_ENTRY, at + 1)
+    return found
+
+
 class Tokenizer:
     """An exported vqkit encoder + decoder pair, run by ONNX Runtime. See the module docstring for inputs."""
 
@@ -68,10 +134,44 @@ class Tokenizer:
         import onnxruntime as ort
 
         self.path = Path(path)
+        info = self._read_info()
+        self.info: dict[str, Any] = info
+        info_path = self.path / METADATA_FILE
+        try:
+            self.channels = int(info["channels"])
+            self.image_size = int(info["image_size"])
+            self.grid = (int(info["grid"][0]), int(info["grid"][1]))
+            self.codebook_size = int(info["codebook_size"])
+            self.num_codebooks = int(info.get("num_codebooks", 1))
+            files = {role: info[role]["file"] for role in ("encoder", "decoder")}
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise TokenizerError(f"{info_path} lacks a field it needs ({exc!r})") from exc
+        if min(self.channels, self.image_size, *self.grid, self.codebook_size, self.num_codebooks) < 1:
+            raise TokenizerError(f"{info_path} gives a size below 1 (channels, image_size, grid, codebook)")
+        h, w = self.grid
+        self.codes_shape: tuple[int, ...] = (h, w) if self.num_codebooks == 1 else (h, w, self.num_codebooks)
+        self.providers = _resolve_providers(providers)
+        options = ort.SessionOptions()
+        if threads is not None:
+            if int(threads) < 0:
+                raise TokenizerError(f"threads must be 0 (ONNX Runtime chooses) or more, got {threads}")
+            options.intra_op_num_threads = int(threads)
+        self._sessions = {role: self._open(role, name, options) for role, name in files.items()}
+        self._names = {
+            role: (s.get_inputs()[0].name, s.get_outputs()[0].name) for role, s in self._sessions.items()
+        }
+        self._check_signatures()
+        self.codes_dtype = _CODES_DTYPES[self._sessions["decoder"].get_inputs()[0].type]
+
+    def _read_info(self) -> dict[str, Any]:
         info_path = self.path / METADATA_FILE
         if not self.path.is_dir():
             raise TokenizerError(
                 f"no exported tokenizer folder at {self.path} (make one with `vqkit export`)"
+            )
+        if info_path.is_symlink() and _inside(self.path, METADATA_FILE) is None:
+            raise TokenizerError(
+                f"{info_path} links outside {self.path}; a tokenizer folder may only use its own files"
             )
         try:
             info = json.loads(info_path.read_text())
@@ -83,34 +183,66 @@ class Tokenizer:
             raise TokenizerError(f"{info_path} is not readable JSON ({exc})") from exc
         if not isinstance(info, dict) or info.get("format") != "vqkit.export":
             raise TokenizerError(f"{info_path} does not describe a vqkit export")
-        self.info: dict[str, Any] = info
+        return info
+
+    def _open(self, role: str, name: Any, options: Any) -> Any:
+        """One graph's session, after checking that it and its external data lie inside the folder."""
+        import onnxruntime as ort
+
+        file = _inside(self.path, name)
+        if file is None:
+            raise TokenizerError(
+                f"{self.path / METADATA_FILE} names {role} graph {name!r}, which is not a file inside "
+                f"{self.path}; a tokenizer folder may only use its own files"
+            )
+        if not file.is_file():
+            raise TokenizerError(f"{self.path} lacks its {role} graph {name}")
+        for location in external_data_paths(file):
+            if _inside(file.parent, location) is None:
+                raise TokenizerError(
+                    f"{file} points at external data {location!r} outside {self.path}; refusing to load it"
+                )
         try:
-            self.channels = int(info["channels"])
-            self.image_size = int(info["image_size"])
-            self.grid = (int(info["grid"][0]), int(info["grid"][1]))
-            self.codebook_size = int(info["codebook_size"])
-            self.num_codebooks = int(info.get("num_codebooks", 1))
-            files = {role: info[role]["file"] for role in ("encoder", "decoder")}
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise TokenizerError(f"{info_path} lacks a field it needs ({exc!r})") from exc
-        h, w = self.grid
-        self.codes_shape: tuple[int, ...] = (h, w) if self.num_codebooks == 1 else (h, w, self.num_codebooks)
-        self.providers = _resolve_providers(providers)
-        options = ort.SessionOptions()
-        if threads is not None:
-            options.intra_op_num_threads = int(threads)
-        self._sessions = {}
-        for role, name in files.items():
-            file = self.path / str(name)
-            if not file.is_file():
-                raise TokenizerError(f"{self.path} lacks its {role} graph {name}")
-            try:
-                self._sessions[role] = ort.InferenceSession(str(file), options, providers=self.providers)
-            except Exception as exc:  # onnxruntime raises its own types for corrupt or unsupported files
-                raise TokenizerError(f"ONNX Runtime cannot load {file}: {exc}") from exc
-        self._names = {
-            role: (s.get_inputs()[0].name, s.get_outputs()[0].name) for role, s in self._sessions.items()
-        }
+            return ort.InferenceSession(str(file), options, providers=self.providers)
+        except Exception as exc:  # onnxruntime raises its own types for corrupt or unsupported files
+            raise TokenizerError(f"ONNX Runtime cannot load {file}: {exc}") from exc
+
+    def _check_signatures(self) -> None:
+        """The graphs must take and give what ``vqkit.json`` says: a swapped, edited or mismatched folder fails
+        here with one message instead of inside ONNX Runtime."""
+        c, s = self.channels, self.image_size
+        images = [("tensor(float)",), (c, s, s)]
+        codes = [tuple(_CODES_DTYPES), self.codes_shape]
+        want = {"encoder": (images, codes), "decoder": (codes, images)}
+        for role, session in self._sessions.items():
+            ins, outs = session.get_inputs(), session.get_outputs()
+            if len(ins) != 1 or len(outs) != 1:
+                raise self._mismatch(role, f"has {len(ins)} inputs and {len(outs)} outputs, not 1 and 1")
+            for what, arg, (dtypes, shape) in (
+                ("input", ins[0], want[role][0]),
+                ("output", outs[0], want[role][1]),
+            ):
+                dims = list(arg.shape)[1:]
+                fits = len(dims) == len(shape) and all(
+                    not isinstance(d, int) or d == e for d, e in zip(dims, shape)
+                )
+                if arg.type not in dtypes or not fits:
+                    expect = f"{' or '.join(dtypes)} [N, {', '.join(map(str, shape))}]"
+                    raise self._mismatch(
+                        role, f"{what} is {arg.type} {list(arg.shape)}, {METADATA_FILE} says {expect}"
+                    )
+            props = session.get_modelmeta().custom_metadata_map
+            for key, value in (("vqkit_codebook_size", self.codebook_size), ("vqkit_graph", role)):
+                if key in props and props[key] != str(value):
+                    raise self._mismatch(
+                        role, f"was exported with {key[6:]} {props[key]}, {METADATA_FILE} says {value}"
+                    )
+
+    def _mismatch(self, role: str, what: str) -> TokenizerError:
+        return TokenizerError(
+            f"{self.path} does not match its {METADATA_FILE}: the {role} graph {what} "
+            f"(an edited {METADATA_FILE} or swapped files? export the model again)"
+        )
 
     def __repr__(self) -> str:
         c, s = self.channels, self.image_size
@@ -168,7 +300,8 @@ class Tokenizer:
         return np.ascontiguousarray(x), single
 
     def check_codes(self, codes: Any) -> tuple[np.ndarray, bool]:
-        """Codes -> int64 ``[N, h, w(, S)]`` after checking shape, dtype and range; and whether unbatched."""
+        """Codes -> ``[N, h, w(, S)]`` in the decoder's dtype (int32 or int64) after checking shape, dtype and
+        range; and whether unbatched."""
         x = np.asarray(codes)
         want = self.codes_shape
         shape = "[N, " + ", ".join(map(str, want)) + "]"
@@ -191,7 +324,7 @@ class Tokenizer:
                     f"codes must lie in [0, {self.codebook_size - 1}] (codebook size {self.codebook_size}), "
                     f"got values from {lo} to {hi}"
                 )
-        return np.ascontiguousarray(x, dtype=np.int64), single
+        return np.ascontiguousarray(x, dtype=self.codes_dtype), single
 
     # --- running --------------------------------------------------------------------------------------------
     def _run(self, role: str, x: np.ndarray, batch_size: int) -> np.ndarray:

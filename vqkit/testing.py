@@ -31,6 +31,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -473,114 +474,15 @@ def check_quantizer(
         torch.manual_seed(SEED)
         q, dim_arg, size_arg = _build_quantizer(ck, cls, dim, codebook_size, options)
         ck.require(isinstance(q, nn.Module), f"{_name(cls)}(...) must return an nn.Module")
-        d, k, s = (getattr(q, a, None) for a in ("dim", "codebook_size", "num_codebooks"))
-        for attr, value, low in (("dim", d, 1), ("codebook_size", k, 2), ("num_codebooks", s, 1)):
-            ck.require(
-                isinstance(value, int) and not isinstance(value, bool) and value >= low,
-                f"it must have an int attribute `{attr}` >= {low}, got {value!r}",
-            )
-        if dim_arg is not None:
-            ck.require(d == dim, f"it was asked for dim={dim} and says dim={d} (a quantizer that fixes its own "
-                       "dim should reject a different one, or accept dim=None)")  # fmt: skip
-        if size_arg is not None:
-            ck.require(
-                k == size_arg,
-                f"it was asked for codebook_size={size_arg} and says codebook_size={k} (a quantizer that "
-                "fixes its own codebook size should reject a different one, or accept codebook_size=None)",
-            )
-        codes_contract = (
-            "int64 [B, h, w]: one codebook, so no codebook axis (not [B, h, w, 1])"
-            if s == 1
-            else f"int64 [B, h, w, num_codebooks={s}]"
-        )
-
-        def codes_shape(z: torch.Tensor) -> tuple[int, ...]:
-            b, _, h, w = z.shape
-            return (b, h, w) if s == 1 else (b, h, w, s)
-
-        # training path: Quantized with straight-through gradients, a scalar loss, scalar stats. The first
-        # batch has more latents than codes, as in real training (k-means init on fewer would repeat codes).
-        rows = max(64, 2 * k)
-        z = _randn(2, d, 4, -(-rows // 8)).requires_grad_(True)  # non-square: catches h/w mix-ups
-        q.train()
-        out = ck.call("forward", q, z)
-        for attr in ("z_q", "indices", "loss", "stats"):
-            ck.require(hasattr(out, attr), "forward must return vqkit.Quantized (z_q, indices, loss, stats)")
-        ck.tensor("forward(z).z_q", out.z_q, tuple(z.shape), torch.float32, "the same shape and dtype as z")
-        ck.tensor("forward(z).indices", out.indices, codes_shape(z), torch.int64, codes_contract)
-        _check_range(ck, "forward(z).indices", out.indices, k)
-        ck.require(
-            isinstance(out.loss, torch.Tensor) and out.loss.dim() == 0 and out.loss.dtype.is_floating_point,
-            lambda: f"forward(z).loss must be a scalar float tensor (zero if none), got {out.loss!r}",
-        )
-        ck.require(bool(torch.isfinite(out.loss)), "forward(z).loss is NaN or infinite")
-        ck.require(isinstance(out.stats, dict), "forward(z).stats must be a dict of scalar tensors")
-        for key, value in out.stats.items():
-            ck.require(
-                isinstance(value, torch.Tensor) and value.numel() == 1,
-                f"forward(z).stats[{key!r}] must be a scalar tensor, got {value!r}",
-            )
-        _check_usage_stats(ck, out.stats, out.indices, k, s)
-        _check_input_gradient(ck, "forward(z).z_q", z, out.z_q)
-
-        # inference path: pure, deterministic, batch-independent, full index range
+        d, codes = _check_quantizer_attributes(ck, q, dim_arg, size_arg)
+        # The first batch has more latents than codes, as in real training (k-means init on fewer would
+        # repeat codes).
+        rows = max(64, 2 * codes.k)
+        _check_training_path(ck, q, _randn(2, d, 4, -(-rows // 8)), codes)  # non-square: catches h/w mix-ups
         z = _randn(2, d, 3, 5, seed=SEED + 2)
-        for mode in ("train", "eval"):
-            q.train(mode == "train")
-            before = _state(q)
-            with torch.no_grad():
-                codes = ck.call("quantize", q.quantize, z)
-                again = ck.call("quantize", q.quantize, z)
-            changed = _changed(before, q)
-            ck.require(not changed, f"quantize in {mode} mode changed state {changed}; it must be pure")
-            ck.tensor(f"quantize(z) in {mode} mode", codes, codes_shape(z), torch.int64, codes_contract)
-            _check_range(ck, "quantize(z)", codes, k)
-            ck.require(torch.equal(codes, again), "quantize gave different codes for the same input")
-        with torch.no_grad():
-            alone = ck.call("quantize", q.quantize, z[:1])
-            tiny = ck.call("quantize", q.quantize, z[:1, :, :1, :1])
-        ck.require(
-            _same_codes(q, alone, codes[:1]),
-            "quantize gives different codes for a sample alone than in a batch; samples must not affect "
-            "each other (exported graphs have a dynamic batch axis)",
-        )
-        ck.require(
-            _same_codes(q, tiny, codes[:1, :1, :1]), "quantize of a 1x1 grid disagrees with the full grid"
-        )
-
-        # eval-mode forward agrees with quantize/dequantize and changes nothing
-        before = _state(q)
-        with torch.no_grad():
-            out = ck.call("forward in eval mode", q, z)
-            z_q = ck.call("dequantize", q.dequantize, codes)
-        changed = _changed(before, q)
-        ck.require(not changed, f"forward in eval mode changed state {changed}; only training may")
-        ck.require(
-            torch.equal(out.indices, codes),
-            "in eval mode forward(z).indices must equal quantize(z) (the exported encoder uses quantize)",
-        )
-        ck.tensor("dequantize(codes)", z_q, tuple(z.shape), torch.float32, "latents [B, dim, h, w]")
-        ck.require(
-            torch.allclose(out.z_q, z_q, atol=ATOL * max(1.0, float(z_q.abs().max()))),
-            lambda: (
-                "in eval mode forward(z).z_q must equal dequantize(quantize(z)) (the exported decoder "
-                f"uses dequantize); largest difference {float((out.z_q - z_q).abs().max()):.3g}"
-            ),
-        )
-        _check_bf16_autocast(ck, q, z, codes_contract)
-        extremes = torch.zeros(codes_shape(z), dtype=torch.int64)
-        extremes[0] = k - 1
-        extremes.view(-1)[1::2] = torch.randint(0, k, extremes.view(-1)[1::2].shape)
-        with torch.no_grad():
-            decoded = ck.call("dequantize", q.dequantize, extremes)
-        ck.tensor(
-            f"dequantize(codes) for codes 0..{k - 1}",
-            decoded,
-            tuple(z.shape),
-            torch.float32,
-            "[B, dim, h, w]",
-        )
-
+        _check_eval_agreement(ck, q, z, _check_inference_path(ck, q, z, codes))
+        _check_bf16_autocast(ck, q, z, codes)
+        _check_dequantize_range(ck, q, z, codes)
         build = dict(
             channels=1,
             image_size=16,
@@ -592,6 +494,135 @@ def check_quantizer(
             onnx=onnx,
         )
         _round_trip(ck, "quantizer", cls, build, _images(-(-rows // 64), 1, 16))  # an 8x8 grid each
+
+
+@dataclass(frozen=True)
+class _Codes:
+    """What the contract wants of a quantizer's codes: ``[B, h, w]`` with one codebook, ``[B, h, w, S]``
+    with S, each in ``[0, k)``."""
+
+    k: int
+    s: int
+
+    @property
+    def contract(self) -> str:
+        if self.s == 1:
+            return "int64 [B, h, w]: one codebook, so no codebook axis (not [B, h, w, 1])"
+        return f"int64 [B, h, w, num_codebooks={self.s}]"
+
+    def shape(self, z: torch.Tensor) -> tuple[int, ...]:
+        b, _, h, w = z.shape
+        return (b, h, w) if self.s == 1 else (b, h, w, self.s)
+
+    def check(self, ck: _Checker, what: str, codes: Any, z: torch.Tensor) -> None:
+        ck.tensor(what, codes, self.shape(z), torch.int64, self.contract)
+        _check_range(ck, what, codes, self.k)
+
+
+def _check_quantizer_attributes(
+    ck: _Checker, q: nn.Module, dim_arg: int | None, size_arg: int | None
+) -> tuple[int, _Codes]:
+    d, k, s = (getattr(q, a, None) for a in ("dim", "codebook_size", "num_codebooks"))
+    for attr, value, low in (("dim", d, 1), ("codebook_size", k, 2), ("num_codebooks", s, 1)):
+        ck.require(
+            isinstance(value, int) and not isinstance(value, bool) and value >= low,
+            f"it must have an int attribute `{attr}` >= {low}, got {value!r}",
+        )
+    if dim_arg is not None:
+        ck.require(d == dim_arg, f"it was asked for dim={dim_arg} and says dim={d} (a quantizer that fixes "
+                   "its own dim should reject a different one, or accept dim=None)")  # fmt: skip
+    if size_arg is not None:
+        ck.require(
+            k == size_arg,
+            f"it was asked for codebook_size={size_arg} and says codebook_size={k} (a quantizer that "
+            "fixes its own codebook size should reject a different one, or accept codebook_size=None)",
+        )
+    return int(d), _Codes(int(k), int(s))  # type: ignore[arg-type]
+
+
+def _check_training_path(ck: _Checker, q: nn.Module, z: torch.Tensor, codes: _Codes) -> None:
+    """``Quantized`` with straight-through gradients, a scalar loss, scalar stats."""
+    z.requires_grad_(True)
+    q.train()
+    out = ck.call("forward", q, z)
+    for attr in ("z_q", "indices", "loss", "stats"):
+        ck.require(hasattr(out, attr), "forward must return vqkit.Quantized (z_q, indices, loss, stats)")
+    ck.tensor("forward(z).z_q", out.z_q, tuple(z.shape), torch.float32, "the same shape and dtype as z")
+    codes.check(ck, "forward(z).indices", out.indices, z)
+    ck.require(
+        isinstance(out.loss, torch.Tensor) and out.loss.dim() == 0 and out.loss.dtype.is_floating_point,
+        lambda: f"forward(z).loss must be a scalar float tensor (zero if none), got {out.loss!r}",
+    )
+    ck.require(bool(torch.isfinite(out.loss)), "forward(z).loss is NaN or infinite")
+    ck.require(isinstance(out.stats, dict), "forward(z).stats must be a dict of scalar tensors")
+    for key, value in out.stats.items():
+        ck.require(
+            isinstance(value, torch.Tensor) and value.numel() == 1,
+            f"forward(z).stats[{key!r}] must be a scalar tensor, got {value!r}",
+        )
+    _check_usage_stats(ck, out.stats, out.indices, codes)
+    _check_input_gradient(ck, "forward(z).z_q", z, out.z_q)
+
+
+def _check_inference_path(ck: _Checker, q: nn.Module, z: torch.Tensor, codes: _Codes) -> torch.Tensor:
+    """``quantize`` is pure, deterministic, batch-independent, within range. Returns its eval-mode codes."""
+    for mode in ("train", "eval"):
+        q.train(mode == "train")
+        before = _state(q)
+        with torch.no_grad():
+            indices = ck.call("quantize", q.quantize, z)
+            again = ck.call("quantize", q.quantize, z)
+        changed = _changed(before, q)
+        ck.require(not changed, f"quantize in {mode} mode changed state {changed}; it must be pure")
+        codes.check(ck, f"quantize(z) in {mode} mode", indices, z)
+        ck.require(torch.equal(indices, again), "quantize gave different codes for the same input")
+    with torch.no_grad():
+        alone = ck.call("quantize", q.quantize, z[:1])
+        tiny = ck.call("quantize", q.quantize, z[:1, :, :1, :1])
+    ck.require(
+        _same_codes(q, alone, indices[:1]),
+        "quantize gives different codes for a sample alone than in a batch; samples must not affect "
+        "each other (exported graphs have a dynamic batch axis)",
+    )
+    ck.require(
+        _same_codes(q, tiny, indices[:1, :1, :1]), "quantize of a 1x1 grid disagrees with the full grid"
+    )
+    return indices
+
+
+def _check_eval_agreement(ck: _Checker, q: nn.Module, z: torch.Tensor, indices: torch.Tensor) -> None:
+    """In eval mode ``forward`` agrees with ``quantize``/``dequantize`` and changes nothing."""
+    before = _state(q)
+    with torch.no_grad():
+        out = ck.call("forward in eval mode", q, z)
+        z_q = ck.call("dequantize", q.dequantize, indices)
+    changed = _changed(before, q)
+    ck.require(not changed, f"forward in eval mode changed state {changed}; only training may")
+    ck.require(
+        torch.equal(out.indices, indices),
+        "in eval mode forward(z).indices must equal quantize(z) (the exported encoder uses quantize)",
+    )
+    ck.tensor("dequantize(codes)", z_q, tuple(z.shape), torch.float32, "latents [B, dim, h, w]")
+    ck.require(
+        torch.allclose(out.z_q, z_q, atol=ATOL * max(1.0, float(z_q.abs().max()))),
+        lambda: (
+            "in eval mode forward(z).z_q must equal dequantize(quantize(z)) (the exported decoder "
+            f"uses dequantize); largest difference {float((out.z_q - z_q).abs().max()):.3g}"
+        ),
+    )
+
+
+def _check_dequantize_range(ck: _Checker, q: nn.Module, z: torch.Tensor, codes: _Codes) -> None:
+    """``dequantize`` takes every code, the last one included."""
+    k = codes.k
+    extremes = torch.zeros(codes.shape(z), dtype=torch.int64)
+    extremes[0] = k - 1
+    extremes.view(-1)[1::2] = torch.randint(0, k, extremes.view(-1)[1::2].shape)
+    with torch.no_grad():
+        decoded = ck.call("dequantize", q.dequantize, extremes)
+    ck.tensor(
+        f"dequantize(codes) for codes 0..{k - 1}", decoded, tuple(z.shape), torch.float32, "[B, dim, h, w]"
+    )
 
 
 def _same_codes(q: nn.Module, a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -614,11 +645,12 @@ def _check_range(ck: _Checker, what: str, codes: torch.Tensor, k: int) -> None:
 
 
 def _check_usage_stats(
-    ck: _Checker, stats: dict[str, torch.Tensor], indices: torch.Tensor, k: int, s: int
+    ck: _Checker, stats: dict[str, torch.Tensor], indices: torch.Tensor, codes: _Codes
 ) -> None:
     """``codes_used`` and ``perplexity`` (both optional; training logs them) describe the batch's codes: the
     number of distinct codes and exp(entropy) of their histogram. With S codebooks, each is the mean over
     the codebooks (so both stay within [1, codebook_size] whatever S is)."""
+    k, s = codes.k, codes.s
     books = indices.detach().reshape(-1, s).t()  # [S, N]: the codes each codebook gave
     counts = [torch.bincount(b, minlength=k).double() for b in books]
     used = sum(float((c > 0).sum()) for c in counts) / s
@@ -635,7 +667,7 @@ def _check_usage_stats(
             )
 
 
-def _check_bf16_autocast(ck: _Checker, q: nn.Module, z: torch.Tensor, codes_contract: str) -> None:
+def _check_bf16_autocast(ck: _Checker, q: nn.Module, z: torch.Tensor, codes: _Codes) -> None:
     """Training with bf16 runs the quantizer under autocast. Its search must still be fp32 (bf16 distances
     merge near codes and disagree with the fp32 search the exported model runs): under autocast the codes of
     a bf16 latent, or of an fp32 one, must be those the fp32 search gives for the same values. Thousands of
@@ -656,9 +688,7 @@ def _check_bf16_autocast(ck: _Checker, q: nn.Module, z: torch.Tensor, codes_cont
         "distances and the search in fp32 (z.float(), and `with torch.autocast(z.device.type, enabled=False)` "
         "around the matmul, which autocast would run in bf16)",
     )
-    ck.tensor(
-        "forward(z).indices under bf16 autocast", out.indices, tuple(want.shape), torch.int64, codes_contract
-    )
+    codes.check(ck, "forward(z).indices under bf16 autocast", out.indices, z)
     ck.require(
         _same_codes(q, out.indices, want),
         "under bf16 autocast, forward(z).indices in eval mode differ from quantize(z) in fp32",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import click
@@ -30,7 +31,7 @@ _batch_option = click.option(
     "--output",
     type=click.Path(dir_okay=False, path_type=Path),
     required=True,
-    help="Codes file (.npy).",
+    help="Codes file (.npy). The image each row belongs to is listed in a .json file of the same name.",
 )
 @_provider_option
 @_batch_option
@@ -40,7 +41,8 @@ def encode_command(
     """Turn IMAGES (files or folders) into int64 codes [N, h, w] with an exported TOKENIZER folder.
 
     Images are converted to the tokenizer's channels, resized (shorter side) and centre-cropped to its size;
-    folders are read recursively in sorted order, and the codes keep the order of the images.
+    folders are read recursively in sorted order, and the codes keep the order of the images. Beside
+    OUTPUT (codes.npy) goes codes.json: {"codes": "codes.npy", "images": [path of row 0, row 1, ...], ...}.
 
     \b
     Example: vqkit encode tokenizer/ photos/*.png -o codes.npy
@@ -52,6 +54,11 @@ def encode_command(
     from vqkit.images import find_images
     from vqkit.runtime import Tokenizer
 
+    names_file = output.with_suffix(".json")
+    if names_file == output:
+        raise VQKitError(
+            f"give the codes file a .npy name, not {output.name} (the image names go to a .json)"
+        )
     tok = Tokenizer(tokenizer, providers=_providers(provider))
     paths: list[Path] = []
     for item in images:
@@ -65,8 +72,18 @@ def encode_command(
     codes = tok.encode_files(paths, batch_size=batch_size)
     with atomic_path(output) as tmp, open(tmp, "wb") as f:
         np.save(f, codes, allow_pickle=False)
+    rows = {
+        "codes": output.name,
+        "images": [str(p) for p in paths],
+        "shape": list(codes.shape),
+        "dtype": str(codes.dtype),
+        "tokenizer": str(tokenizer),
+    }
+    with atomic_path(names_file) as tmp:
+        tmp.write_text(json.dumps(rows, indent=1) + "\n")
     click.echo(
-        f"encoded    {len(paths)} images -> {output} (int64 {list(codes.shape)}, codes < {tok.codebook_size})"
+        f"encoded    {len(paths)} images -> {output} (int64 {list(codes.shape)}, codes < {tok.codebook_size}); "
+        f"image names -> {names_file.name}"
     )
 
 
@@ -79,14 +96,26 @@ def encode_command(
 @click.option(
     "--grid", type=click.Path(dir_okay=False, path_type=Path), help="Also write all images as one PNG."
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace PNGs (and the --grid file) that already exist [default: refuse].",
+)
 @_provider_option
 @_batch_option
 def decode_command(
-    tokenizer: Path, codes: Path, output: Path, grid: Path | None, provider: tuple[str, ...], batch_size: int
+    tokenizer: Path,
+    codes: Path,
+    output: Path,
+    grid: Path | None,
+    overwrite: bool,
+    provider: tuple[str, ...],
+    batch_size: int,
 ) -> None:
     """Turn CODES (a .npy file of integer codes, [N, h, w] or one image's [h, w]) into images with TOKENIZER.
 
-    Writes OUTPUT/000000.png, 000001.png, ... in the order of the codes.
+    Writes OUTPUT/000000.png, 000001.png, ... in the order of the codes; existing files are not replaced
+    unless --overwrite is given.
 
     \b
     Example: vqkit decode tokenizer/ codes.npy -o decoded/
@@ -106,6 +135,9 @@ def decode_command(
         raise VQKitError(f"cannot read codes from {codes} (expected a .npy array): {exc}") from exc
     if not isinstance(array, np.ndarray):
         raise VQKitError(f"{codes} holds several arrays; give a .npy file with one codes array")
+    count = 1 if array.ndim == len(tok.codes_shape) else (len(array) if array.ndim else 0)
+    if not overwrite:
+        _refuse_existing([output / f"{i:06d}.png" for i in range(count)] + ([grid] if grid else []))
     images = tok.decode(array, batch_size=batch_size)
     if images.ndim == 3:
         images = images[None]
@@ -114,3 +146,16 @@ def decode_command(
     if grid is not None:
         write_grid(images, grid)
         click.echo(f"grid       {grid}")
+
+
+def _refuse_existing(paths: list[Path]) -> None:
+    from vqkit.errors import VQKitError
+
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        what = (
+            f"{existing[0]} and {len(existing) - 1} more exist"
+            if len(existing) > 1
+            else f"{existing[0]} exists"
+        )
+        raise VQKitError(f"{what} already; give another folder, or --overwrite to replace them")

@@ -47,7 +47,9 @@ def model_options(
                 help=_part_help("quantizer", d["quantizer"] or "vq", d.get("quantizer_options")),
             ),
             click.option(
-                "--decoder", default=None, help="Registered decoder name [default: the encoder's mirror]."
+                "--decoder",
+                default=None,
+                help="Registered decoder name [default: the preset's, or the one named like the encoder].",
             ),
             click.option(
                 "--channels",

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from vqkit.cli.options import device_option, output_option, scale_option
+
 
 @click.command("eval")
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
@@ -29,8 +31,14 @@ import click
 )
 @click.option("--download", is_flag=True, help="Download a torchvision dataset if it is not there yet.")
 @click.option("--skip-bad", is_flag=True, help="Leave out unreadable images of a folder instead of stopping.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=256,
+    show_default=True,
+    help="Images per forward pass.",
+)
+@device_option
 @click.option(
     "-o",
     "--output",
@@ -80,23 +88,21 @@ def eval_command(
 
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="The grid PNG to write.",
-)
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps.")
-def reconstruct(model_path: str, images: tuple[str, ...], output: Path, device: str) -> None:
-    """Encode and decode image files with MODEL; write one grid, originals above their reconstructions.
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@output_option("The grid PNG to write.", required=True, dir_okay=False)
+@scale_option
+@device_option
+def reconstruct(
+    model_path: str, images: tuple[str, ...], output: Path, scale: int | None, device: str
+) -> None:
+    """Encode and decode IMAGES (files, or folders searched recursively) with MODEL; write one grid,
+    originals above their reconstructions.
 
     \b
-    Example: vqkit reconstruct runs/run-1/model.safetensors a.png b.png -o grid.png
+    Example: vqkit reconstruct runs/run-1/model.safetensors a.png b.png photos/ -o grid.png
     """
     from vqkit.evaluate import reconstruct_files
 
-    report = reconstruct_files(model_path, list(images), output, device=device)
+    report = reconstruct_files(model_path, list(images), output, device=device, scale=scale)
     click.echo(f"PSNR {report['psnr']:.2f} dB over {report['images']} image(s)")
     click.echo(f"saved      {output}")

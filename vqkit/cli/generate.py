@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from vqkit.cli.options import as_flags, device_option
+from vqkit.cli.options import as_flags, device_option, scale_option
 
 MODEL = click.Path(dir_okay=False, path_type=Path)
 
@@ -113,7 +113,13 @@ def _read_pictures(paths: tuple[Path, ...], model: object) -> object:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Grid PNG."
 )
-@click.option("--temperature", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1.0,
+    show_default=True,
+    help="Below 1: likelier, plainer codes; above 1: more varied.",
+)
 @click.option(
     "--top-k", type=click.IntRange(min=1), default=None, help="Draw only among the k likeliest codes."
 )
@@ -122,10 +128,16 @@ def _read_pictures(paths: tuple[Path, ...], model: object) -> object:
     "--prefix",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="An image whose top code rows the prior completes (with --prefix-rows).",
+    help="An image whose top code rows the prior completes; the sheet starts with it, the part kept bright.",
 )
-@click.option("--prefix-rows", type=click.IntRange(min=0), default=1, show_default=True)
+@click.option(
+    "--prefix-rows",
+    type=click.IntRange(min=1),
+    default=None,
+    help="How many code rows of --prefix to keep [default: 1]; must be fewer than the grid's rows.",
+)
 @click.option("--nrow", type=click.IntRange(min=1), default=None, help="Images per row [default: square].")
+@scale_option
 @device_option
 def sample(
     model: Path,
@@ -136,8 +148,9 @@ def sample(
     top_k: int | None,
     seed: int | None,
     prefix: Path | None,
-    prefix_rows: int,
+    prefix_rows: int | None,
     nrow: int | None,
+    scale: int | None,
     device: str,
 ) -> None:
     """Draw images from MODEL's codes: sampled from a trained --prior, or uniformly (--prior uniform).
@@ -145,41 +158,73 @@ def sample(
     \b
     Example: vqkit sample runs/a/model.safetensors --prior runs/a/prior -n 64 -o samples.png --seed 0
     """
+    import numpy as np
     import torch
 
     from vqkit.errors import OptionError
     from vqkit.generation.sampling import sample_images
-    from vqkit.images import write_grid
+    from vqkit.images import to_uint8, write_grid
     from vqkit.modelfile import load
 
+    if prefix_rows is not None and prefix is None:
+        raise OptionError("--prefix-rows needs --prefix: the image whose top code rows are kept")
     vq = load(model)
-    codes_prefix = None
+    codes_prefix, shown = None, None
     if prefix is not None:
         h = vq.grid[0]
-        if not 1 <= prefix_rows < h:
+        keep = prefix_rows or 1
+        if not 1 <= keep < h:
             raise OptionError(f"--prefix-rows must lie in 1..{h - 1} for the model's {h}-row grid")
-        x = torch.from_numpy(_read_pictures((prefix,), vq)).float() / 127.5 - 1.0  # type: ignore[arg-type]
-        rows = vq.encode(x)[:, :prefix_rows]
+        picture = _read_pictures((prefix,), vq)
+        x = torch.from_numpy(picture).float() / 127.5 - 1.0  # type: ignore[arg-type]
+        rows = vq.encode(x)[:, :keep]
         codes_prefix = rows.expand(n, *rows.shape[1:])
+        shown = _dim_below(picture, keep * (vq.spec.image_size // h))  # type: ignore[arg-type]
     images = sample_images(
         vq, prior, n, temperature=temperature, top_k=top_k, seed=seed, device=device, prefix=codes_prefix
-    )
-    write_grid(images.numpy(), output, nrow=nrow)
-    click.echo(f"wrote {n} samples to {output}")
+    ).numpy()
+    if shown is not None:  # the sheet starts with the prefix image, the rows that were kept bright
+        images = np.concatenate([shown, to_uint8(images)])
+    write_grid(images, output, nrow=nrow, scale=scale)
+    first = " after the prefix image" if shown is not None else ""
+    click.echo(f"wrote {n} samples{first} to {output}")
+
+
+def _dim_below(picture: object, row: int) -> object:
+    """The prefix image with everything below pixel row ``row`` dimmed to a quarter: what the prior was given."""
+    import numpy as np
+
+    shown = np.array(picture, copy=True)
+    shown[..., row:, :] = shown[..., row:, :] // 4
+    return shown
 
 
 @click.command()
 @click.argument("model", type=MODEL)
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--steps", type=click.IntRange(min=2), default=10, show_default=True)
+@click.option(
+    "--steps",
+    type=click.IntRange(min=2),
+    default=10,
+    show_default=True,
+    help="Images along the walk, ends included.",
+)
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Strip PNG."
 )
 @click.option("--with-inputs", is_flag=True, help="Put the two input images at the ends of the strip.")
+@scale_option
 @device_option
 def interpolate(
-    model: Path, image_a: Path, image_b: Path, steps: int, output: Path, with_inputs: bool, device: str
+    model: Path,
+    image_a: Path,
+    image_b: Path,
+    steps: int,
+    output: Path,
+    with_inputs: bool,
+    scale: int | None,
+    device: str,
 ) -> None:
     """Walk from IMAGE_A to IMAGE_B in MODEL's latent space; write the decoded steps as one strip PNG.
 
@@ -199,5 +244,5 @@ def interpolate(
     images = interpolate_latents(vq, a, b, steps).numpy()
     if with_inputs:
         images = np.concatenate([a[None], images, b[None]])
-    write_grid(images, output, nrow=len(images))
+    write_grid(images, output, nrow=len(images), scale=scale)
     click.echo(f"wrote {steps} steps from {image_a} to {image_b} to {output}")

@@ -93,6 +93,7 @@ def cli(plugins: tuple[str, ...], overrides: tuple[str, ...]) -> None:
 def _add_commands() -> None:
     from vqkit.cli.build import build
     from vqkit.cli.codes import decode_command, encode_command
+    from vqkit.cli.data import data_group
     from vqkit.cli.evaluate import eval_command, reconstruct
     from vqkit.cli.export import export_command
     from vqkit.cli.generate import interpolate, prior_group, sample
@@ -112,6 +113,7 @@ def _add_commands() -> None:
     cli.add_command(encode_command)
     cli.add_command(decode_command)
     cli.add_command(plot_command)
+    cli.add_command(data_group)
 
 
 _add_commands()

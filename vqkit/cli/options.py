@@ -50,7 +50,7 @@ def config_option(name: str, **overrides: Any) -> Decorator:
     kw: dict[str, Any] = {
         "help": _help(name),
         "default": default,
-        "show_default": default not in (None, False),
+        "show_default": default is not None and default is not False,  # 0 and 0.0 are shown
     }
     if kind.startswith("bool | None"):
         decls = [f"{flag}/--no-{flag[2:]}"]
@@ -141,3 +141,13 @@ def as_flags(exc: OptionError, flags: dict[str, str]) -> click.ClickException:
 
     # `name` in backticks, or a bare identifier with an underscore, is a parameter.
     return click.ClickException(re.sub(r"`([a-z_]+)`|\b([a-z]+(?:_[a-z]+)+)\b", swap, message))
+
+
+def scale_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``--scale N``: enlarge an image sheet N times (nearest neighbour)."""
+    return click.option(
+        "--scale",
+        type=click.IntRange(min=1, max=16),
+        default=None,
+        help="Enlarge the sheet this many times [default: tiles about 96 pixels tall].",
+    )(f)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import textwrap
 from typing import TYPE_CHECKING
@@ -35,7 +36,10 @@ def plugins_command(name: str | None, verbose: bool, as_json: bool) -> None:
         entries = find_components(name, entries)
         verbose = True
     if as_json:
-        data = {"components": [e.to_dict() for e in entries], "broken": [b.__dict__ for b in broken]}
+        data = {
+            "components": [e.to_dict() for e in entries],
+            "broken": [{"source": b.source, "error": b.error} for b in broken],
+        }
         click.echo(json.dumps(data, indent=2))
         return
     width = max(40, shutil.get_terminal_size().columns)
@@ -54,7 +58,8 @@ def plugins_command(name: str | None, verbose: bool, as_json: bool) -> None:
 
 
 def _wrap(text: str, width: int, first: str, rest: str) -> list[str]:
-    return textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest) or [first.rstrip()]
+    lines = textwrap.wrap(text, width, initial_indent=first, subsequent_indent=rest, break_on_hyphens=False)
+    return lines or [first.rstrip()]
 
 
 def _describe(e: Entry, verbose: bool, width: int, name_width: int, origin_width: int) -> str:
@@ -81,4 +86,10 @@ def _describe(e: Entry, verbose: bool, width: int, name_width: int, origin_width
 
 
 def _broken(broken: list[BrokenPlugin], width: int) -> str:
-    return "\n".join(line for b in broken for line in _wrap(f"{b.source}: {b.error}", width, "  ", INDENT))
+    lines = []
+    for b in broken:
+        lines += _wrap(f"{b.source}: {b.error}", width, "  ", INDENT)
+        if b.clash and b.spec:  # named with --plugin: say how to let it replace the other one
+            hint = f"to use it instead, load it with --plugin-override {shlex.quote(b.spec)}"
+            lines += _wrap(hint, width, INDENT, INDENT)
+    return "\n".join(lines)

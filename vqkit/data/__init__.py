@@ -1,7 +1,13 @@
-"""Image data for vqkit: every source becomes one uint8 array ``[N, C, H, W]`` held in memory.
+"""Image data for vqkit.
 
-Sources: the built-in ``mnist5k`` (ships inside the package, no download), a folder of images (recursive),
-or a torchvision dataset by name (``mnist``, ``fashion-mnist``, ``cifar10``, ...; downloaded only when asked).
+In memory: ``load_images`` turns a source into one uint8 array ``[N, C, H, W]``. Sources: the built-in
+``mnist5k`` (ships inside the package, no download), a folder of images (recursive), or a torchvision dataset
+by name (``mnist``, ``fashion-mnist``, ``cifar10``, ...; downloaded only when asked).
+
+Streaming, for data bigger than memory: ``vqkit.data.stream.StreamingData`` decodes batches of a folder or of
+tar shards (``vqkit.data.sources.open_source``; ``vqkit.data.pack.pack_folder`` writes shards) in worker
+processes, with optional augmentation (``vqkit.data.augment.Augment``). That module imports torch; this
+package does not, so the decoding workers stay small.
 """
 
 from __future__ import annotations
@@ -13,8 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vqkit.data.common import SPLITS, DataError, check_split, convert_channels, pad_to, resize_square
-from vqkit.data.folder import HOLDOUT_EVERY, DataWarning, load_folder
+from vqkit.data.common import (
+    SPLITS,
+    DataError,
+    DataWarning,
+    check_split,
+    convert_channels,
+    pad_to,
+    resize_square,
+)
+from vqkit.data.folder import HOLDOUT_EVERY, load_folder
 from vqkit.data.torchvision_sets import DATASETS as TORCHVISION_DATASETS
 from vqkit.data.torchvision_sets import default_root, load_torchvision
 

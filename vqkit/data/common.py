@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from vqkit.errors import VQKitError
@@ -11,6 +13,23 @@ SPLITS = ("train", "test", "all")
 
 class DataError(VQKitError):
     """A data source the user named cannot give the images asked for (missing, empty, corrupt, too small)."""
+
+
+class DataWarning(UserWarning):
+    """Something was left out of the data (``skip_bad``), or the data and the run do not fit well; the CLI
+    prints it as one ``Warning:`` line."""
+
+
+def warn_if_batch_exceeds(images: int, batch_size: int, what: str) -> None:
+    """A batch bigger than the whole training set repeats images within every step (and usually means a
+    mistyped batch size): allowed, but said once."""
+    if batch_size > images:
+        warnings.warn(
+            f"batch_size {batch_size} is larger than the {images} training images of {what}: every step "
+            "repeats images within its batch (a smaller batch trains on the same data in cheaper steps)",
+            DataWarning,
+            stacklevel=3,
+        )
 
 
 def check_split(split: str) -> str:

@@ -15,16 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from vqkit.data.common import DataError
+from vqkit.data.common import DataError, DataWarning
 from vqkit.errors import VQKitError
 from vqkit.images import IMAGE_SUFFIXES, find_images, read_image
 
 HOLDOUT_EVERY = 10
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
-
-
-class DataWarning(UserWarning):
-    """Something was left out of the data (``skip_bad``); the CLI prints it as one ``Warning:`` line."""
 
 
 def is_held_out(relative: str) -> bool:

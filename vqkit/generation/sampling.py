@@ -32,7 +32,8 @@ def _generator(seed: int | None, device: torch.device) -> torch.Generator | None
 def uniform_codes(
     model: Any, n: int, *, seed: int | None = None, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
-    """The seed tutorial's generator, on the model's real grid: every code drawn uniformly at random."""
+    """Random generation as the classic VQ-VAE tutorials do it, on the model's real grid: every code drawn
+    uniformly at random."""
     dev = torch.device(device)
     shape = (n, *model.codes_shape)
     return torch.randint(model.quantizer.codebook_size, shape, generator=_generator(seed, dev), device=dev)
@@ -84,7 +85,7 @@ def sample_images(
 ) -> torch.Tensor:
     """Sample ``n`` images ``[n, C, H, W]`` in [-1, 1] (on the CPU): codes from ``prior`` decoded by ``model``.
 
-    ``prior`` is a :class:`CodePrior`, a prior file or folder, or ``"uniform"`` (the seed's random codes).
+    ``prior`` is a :class:`CodePrior`, a prior file or folder, or ``"uniform"`` (every code drawn uniformly at random).
     """
     dev = resolve_device(device)
     model = model.to(dev).eval()
@@ -122,7 +123,7 @@ def as_image_batch(x: torch.Tensor | np.ndarray, model: Any) -> torch.Tensor:
 def interpolate(
     model: Any, a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray, steps: int = 10
 ) -> torch.Tensor:
-    """Images along the straight line between ``a``'s and ``b``'s continuous latents, as the seed does:
+    """Images along the straight line between ``a``'s and ``b``'s continuous latents, as the classic VQ-VAE tutorials do:
     ``z = lerp(z_a, z_b, t)`` for ``t`` in ``0 .. 1``, quantized and decoded -> ``[steps, C, H, W]``.
 
     The ends are exactly the model's reconstructions of ``a`` and ``b`` (lerp is exact at t = 0 and 1).

@@ -52,6 +52,19 @@ class TrainConfig:
     skip_bad: bool = _f(
         False, "Leave out unreadable images of a folder (and say how many) instead of stopping."
     )
+    data_memory_gb: float | None = _f(
+        None,
+        "Hold a folder's or shards' decoded training images in memory up to this many GiB, else stream them "
+        "from disk [default: a quarter of the available memory].",
+    )
+    data_workers: int | None = _f(
+        None,
+        "Processes decoding streamed images, per training process [default: its share of the cores, at most 8].",
+    )
+    augment_scale: float = _f(
+        1.0, "Random resized crop: the smallest crop area, as a fraction of the image (1: no cropping)."
+    )
+    augment_flip: bool = _f(False, "Flip training images left-right at random.")
     channels: int | None = _f(None, "Image channels of a new model [default: from the data].", cli=False)
     image_size: int | None = _f(None, "Image size of a new model [default: from the data].", cli=False)
     out: str | None = _f(
@@ -92,6 +105,11 @@ class TrainConfig:
         for name in ("eval_every", "eval_images", "checkpoint_every", "warmup_steps"):
             _number(self, name, minimum=0, integer=True)
         _number(self, "lr", minimum=0, open_min=True)
+        _number(self, "augment_scale", minimum=0, maximum=1, open_min=True)
+        if self.data_memory_gb is not None:
+            _number(self, "data_memory_gb", minimum=0)
+        if self.data_workers is not None:
+            _number(self, "data_workers", minimum=0, integer=True)
         _number(self, "weight_decay", minimum=0)
         _number(self, "min_lr_ratio", minimum=0, maximum=1)
         if self.grad_clip is not None:

@@ -29,6 +29,7 @@ from vqkit.device import autocast, check_precision, resolve_device, use_channels
 from vqkit.errors import VQKitError
 from vqkit.evaluate import evaluate, reconstruct
 from vqkit.images import write_grid
+from vqkit.metrics_sinks import METRICS_CSV, TENSORBOARD_DIR, require_tensorboard
 from vqkit.model import VQVAE
 from vqkit.objectives import build_loss, decoder_last_layer
 from vqkit.training.checkpoint import MODEL_NAME, STATE_NAME, restore_rng, save_checkpoint
@@ -42,7 +43,7 @@ from vqkit.training.schedule import lr_at
 from vqkit.training.setup import describe_model, model_and_state
 
 GRID_IMAGES = 8
-RUN_FILES = (MODEL_NAME, STATE_NAME, METRICS_NAME)
+RUN_FILES = (MODEL_NAME, STATE_NAME, METRICS_NAME, METRICS_CSV, TENSORBOARD_DIR)
 
 
 class TrainingDiverged(VQKitError):
@@ -104,6 +105,8 @@ class VQVAETrainer:
         self.config, self.device, self.say = config, device, log or (lambda _line: None)
         self.rank, self.world = D.rank(), D.world_size()
         self.is_main = self.rank == 0
+        if config.tensorboard:
+            require_tensorboard()  # before anything slow: a missing package is one line at once
         model, state = model_and_state(config)
         self.state = state
         self.start = int(state["step"]) if state else 0
@@ -127,6 +130,8 @@ class VQVAETrainer:
         if state is not None:
             model.load_state_dict(state["model"])
             restore_rng(state)
+        else:  # a new model and one read from a file start training from the same random state
+            torch.manual_seed(config.seed)
         if self.start >= config.steps:
             raise VQKitError(
                 f"the run in {self.run_dir} already trained {self.start} steps (asked: {config.steps}); "

@@ -9,7 +9,6 @@ from typing import Any
 from vqkit.errors import VQKitError
 from vqkit.model import VQVAE, ModelSpec, build_model
 from vqkit.modelfile import load, read_spec
-from vqkit.registry import REGISTRIES
 from vqkit.training.checkpoint import load_state, state_path_for
 from vqkit.training.config import TrainConfig
 
@@ -31,13 +30,9 @@ def model_differences(
             diffs.append(f"{key.replace('_', ' ')} {want!r} (the file has {getattr(spec, key)!r})")
     for part in PARTS:
         given = requested.get(f"{part}_options") or {}
-        have = getattr(spec, f"{part}_options")
-        name = getattr(spec, part)
-        defaults = {}
-        if name in REGISTRIES[part]:
-            defaults = {o.name: o.default for o in REGISTRIES[part].entry(name).options if not o.required}
+        have = spec.options(part)  # every option the file's model was built with
         for key, want in given.items():
-            current = have.get(key, defaults.get(key))
+            current = have.get(key)
             if not _same(list(want) if isinstance(want, tuple) else want, current):
                 diffs.append(f"{part}.{key}={want!r} (the file has {current!r})")
     if channels is not None and channels != spec.channels:
