@@ -214,3 +214,20 @@ def test_library_errors_name_parameters_not_flags() -> None:
     assert "--" not in str(info.value)
     with pytest.raises(OptionError, match="channels must be an integer"):
         vqkit.build_model(channels="abc")  # type: ignore[arg-type]
+
+
+def test_the_mirror_decoder_follows_the_encoders_layout_options() -> None:
+    model = vqkit.build_model("resnet", channels=3, encoder_options={"downsample": 4, "widths": [16, 32]})
+    assert model.spec.decoder == "resnet" and model.grid == (8, 8)
+    assert model.spec.options("decoder")["downsample"] == 4 and model.spec.options("decoder")["widths"] == [
+        16,
+        32,
+    ]
+    # a decoder option given on purpose wins over the mirrored one
+    wider = vqkit.build_model(
+        "resnet",
+        channels=3,
+        encoder_options={"downsample": 4, "widths": [16, 32]},
+        decoder_options={"widths": [32, 32]},
+    )
+    assert wider.spec.options("decoder")["widths"] == [32, 32]

@@ -353,6 +353,8 @@ def build_model(
         part: validate_options(REGISTRIES[part].entry(names[part]), settings[f"{part}_options"])
         for part in PARTS
     }
+    if not settings.get("decoder"):
+        _mirror(user, REGISTRIES["decoder"].entry(names["decoder"]).obj)
     spec = ModelSpec(
         **names,
         encoder_options=user["encoder"],
@@ -364,6 +366,14 @@ def build_model(
         codebook_size=settings.get("codebook_size"),  # type: ignore[arg-type]
     )
     return _build(spec, user, seed=seed)
+
+
+def _mirror(user: dict[str, dict[str, Any]], decoder_cls: Any) -> None:
+    """A decoder built as the encoder's mirror (none named) takes the encoder's options it lists in its
+    ``mirror_options`` (``resnet``: downsample, widths, ...), unless the decoder's own were set."""
+    for key in getattr(decoder_cls, "mirror_options", ()):
+        if key in user["encoder"] and key not in user["decoder"]:
+            user["decoder"][key] = user["encoder"][key]
 
 
 def _build(

@@ -17,7 +17,9 @@ def data_group() -> None:
 @click.argument("folder", type=click.Path(file_okay=False))
 @click.option(
     "-o",
+    "--output",
     "--out",
+    "out",
     required=True,
     type=click.Path(),
     help="Folder for the shards: new, empty, or an earlier pack's (never a folder holding other files).",

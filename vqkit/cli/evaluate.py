@@ -7,17 +7,12 @@ from pathlib import Path
 
 import click
 
-from vqkit.cli.options import device_option, output_option, scale_option
+from vqkit.cli.options import data_options, device_option, output_option, scale_option
 
 
 @click.command("eval")
-@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
-@click.option(
-    "--data",
-    default="mnist5k",
-    show_default=True,
-    help="mnist5k, a folder of images, or a torchvision dataset name.",
-)
+@click.argument("model_path", metavar="MODEL", type=click.Path())
+@data_options
 @click.option(
     "--split",
     type=click.Choice(["train", "test", "all"]),
@@ -26,11 +21,6 @@ from vqkit.cli.options import device_option, output_option, scale_option
     help="Which images (test: held out).",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N images.")
-@click.option(
-    "--data-root", type=click.Path(file_okay=False), default=None, help="Where torchvision datasets live."
-)
-@click.option("--download", is_flag=True, help="Download a torchvision dataset if it is not there yet.")
-@click.option("--skip-bad", is_flag=True, help="Leave out unreadable images of a folder instead of stopping.")
 @click.option(
     "--batch-size",
     type=click.IntRange(min=1),
@@ -87,7 +77,7 @@ def eval_command(
 
 
 @click.command()
-@click.argument("model_path", metavar="MODEL", type=click.Path(dir_okay=False))
+@click.argument("model_path", metavar="MODEL", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @output_option("The grid PNG to write.", required=True, dir_okay=False)
 @scale_option

@@ -10,7 +10,7 @@ import click
 
 from vqkit.cli.options import as_flags, device_option, scale_option
 
-MODEL = click.Path(dir_okay=False, path_type=Path)
+MODEL = click.Path(path_type=Path)  # a model file, or a folder in the Hugging Face layout
 
 
 @click.group("prior")

@@ -11,7 +11,9 @@ import click
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option(
     "-o",
+    "--output",
     "--out",
+    "out",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
     help="The PNG to write [default: curves.png in the run folder].",
