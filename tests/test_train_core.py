@@ -196,3 +196,11 @@ def test_config_files_keep_every_kind_of_value(tmp_path: Path) -> None:
     (tmp_path / "unknown.toml").write_text("stepz = 3\n")
     code, text = _run(["train", "--config", str(tmp_path / "unknown.toml"), "-q"])
     assert code == 1 and "unknown training setting(s) 'stepz'" in text
+
+
+def test_a_different_model_on_resume_names_the_files_real_value(tmp_path: Path) -> None:
+    code, text = _run(["train", "--steps", "2", "--eval-every", "0", "-o", str(tmp_path / "r"), *FAST])
+    assert code == 0, text
+    model = str(tmp_path / "r" / "model.safetensors")
+    code, text = _run(["train", "--model", model, "--resume", "--set", "quantizer.beta=0.5", "-q"])
+    assert code == 1 and "quantizer.beta=0.5 (the file has 0.25)" in text and "None" not in text

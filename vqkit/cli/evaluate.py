@@ -48,8 +48,8 @@ def eval_command(
     device: str,
     output: Path | None,
 ) -> None:
-    """Reconstruction quality of MODEL on a dataset, as JSON: MSE, PSNR (dB), codes used, perplexity,
-    bits per image, number of images.
+    """Reconstruction quality of MODEL on a dataset, as JSON: MSE, PSNR (dB), SSIM (and LPIPS when its weight
+    file is in place), codes used, perplexity, bits per image, number of images.
 
     \b
     Example: vqkit eval runs/run-1/model.safetensors --data mnist5k -o eval.json

@@ -151,6 +151,7 @@ class VQVAETrainer:
             model.to(memory_format=torch.channels_last)
         self.optimizer = _optimizer(model, config, device)
         self.loss_fn = build_loss(config.loss, config.loss_options, device)
+        self.objective_stats: dict[str, torch.Tensor] = {}
         if self.state is not None:
             self.optimizer.load_state_dict(self.state["optimizer"])
             self.loss_fn.load_training_state(self.state.get("objectives") or {})
@@ -278,7 +279,7 @@ class VQVAETrainer:
         if config.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
         self.optimizer.step()
-        self.loss_fn.update(x, out.reconstruction.detach(), step=step)
+        self.objective_stats = self.loss_fn.update(x, out.reconstruction.detach(), step=step)
         stats = out.quantized.stats
         mse = terms.get("mse")
         if mse is None:
@@ -312,6 +313,8 @@ class VQVAETrainer:
             "images_per_s": window.per_second,
             "data_wait_s": self.data.wait_seconds,
             "elapsed_s": window.elapsed,
+            # a trainable objective's latest stats (the discriminator's loss, ...), read at this read-back only
+            **{k: float(v) for k, v in self.objective_stats.items()},
         }
         self.metrics.write(record)
         self.progress.show(
