@@ -11,8 +11,8 @@ import numpy as np
 MIN_CODE_SHARE = 0.02
 MIN_SPREAD_RATIO = 0.1
 ADVICE = (
-    "try a longer warm-up (warmup_steps), a lower lr, a quantizer with k-means init and dead-code restarts "
-    "(vq's defaults), or lfq/fsq"
+    "train longer (steps), or try a longer warm-up (warmup_steps), a lower lr, or lfq/fsq; with vq keep "
+    "k-means init and dead-code restarts (its defaults)"
 )
 
 
