@@ -7,12 +7,12 @@ through ``vqkit.training.train`` (vqkit train's recipe), described under "The ar
 
 Same encoder/decoder (conv3), data (built-in mnist5k, 1 channel, 32x32), budget (steps, batch, Adam lr) and
 seed for every row; held-out metrics (the 500 test images) through the inference path (encode -> decode)
-by ``vqkit.evaluate``. The first row is the seed configuration (vq, uniform init, no restarts).
+by ``vqkit.evaluate``. The first row is the original configuration (vq, uniform init, no restarts).
 
 Two recipes, one per run of the script, so only the quantizer differs between rows:
 
 - ``--recipe plain`` (default): a plain Adam loop at a constant lr over ``VQVAE.forward(x).loss``
-  (reconstruction MSE + the quantizer's loss), the quantizer issue's protocol (2000 steps, lr 1e-3).
+  (reconstruction MSE + the quantizer's loss), a constant learning rate from step 0 (2000 steps, lr 1e-3).
 - ``--recipe vqkit``: ``vqkit.training.train``, what ``vqkit train`` runs: its default steps, lr, warm-up and
   cosine schedule (``vqkit.training.TrainConfig``) unless ``--steps``/``--lr`` are given. The warm-up by itself
   decides whether the decoder survives the first steps, so this is the table the default model is chosen on.
@@ -22,7 +22,7 @@ into the decoder, which tells a quantizer's collapse from the autoencoder's own.
 
     python benchmarks/quality.py                      # the full table (2000 steps, batch 128, lr 1e-3)
     python benchmarks/quality.py --recipe vqkit       # the same rows under vqkit train's recipe
-    python benchmarks/quality.py --steps 300 --only vq-seed,ema --write /tmp/q.md
+    python benchmarks/quality.py --steps 300 --only vq-original,ema --write /tmp/q.md
     python benchmarks/quality.py --suite architectures --steps 2000 --only photo32-conv3-ds8,photo32-resnet-ds8
 
 The architecture suite: same data, budget (steps, batch 128, vqkit train's lr, warm-up and cosine schedule),
@@ -55,7 +55,7 @@ NO_QUANTIZER = "none"
 
 # (row label, quantizer, options). Codebook size 512 where the quantizer takes one; fsq 8,8,8 = 512 codes.
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("vq-seed", "vq", {"init": "uniform", "restart_after": 0}),
+    ("vq-original", "vq", {"init": "uniform", "restart_after": 0}),
     ("lfq", "lfq", {}),
     ("vq-kmeans-restart", "vq", {"init": "kmeans", "restart_after": 50}),
     ("ema", "ema", {}),
@@ -150,7 +150,7 @@ def train_vqkit(
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    seed_mse = next((r["mse"] for r in rows if r["label"] == "vq-seed"), None)
+    seed_mse = next((r["mse"] for r in rows if r["label"] == "vq-original"), None)
     out = [
         "| run | quantizer | options | held-out MSE | x seed | PSNR dB | codes used / size | usage | perplexity "
         "| bits/image | train s |",

@@ -1,4 +1,4 @@
-"""Training speed: images per second of vqkit's loop against a plain loop of the seed tutorial's code, on the
+"""Training speed: images per second of vqkit's loop against a plain loop of the classic VQ-VAE tutorial's code, on the
 same device and data, side by side in one run.
 
     python benchmarks/train_speed.py                      # CPU, batch 128 and 1024
@@ -9,10 +9,10 @@ same device and data, side by side in one run.
 same data for each built-in architecture at equal bits per image: conv3 (a 4x4 grid), resnet at downsample 8
 (4x4) with its default widths, and resnet at downsample 4 (8x8), images/s and the ratio to conv3.
 
-The data are mnist5k's 4,500 training digits as 32x32 RGB (the seed's 3-channel model). The seed loop is what
+The data are mnist5k's 4,500 training digits as 32x32 RGB (the tutorial's 3-channel model). The tutorial loop is what
 the tutorial's code gives when written out the usual way: its VQVAE module (transcribed below), a DataLoader
 over a TensorDataset with shuffling, ``.to(device)`` per batch, Adam, and ``loss.item()`` every step for the
-running loss. vqkit's loop is ``vqkit.training.train`` on the same architecture (conv3 + vq with the seed's
+running loss. vqkit's loop is ``vqkit.training.train`` on the same architecture (conv3 + vq with the tutorial's
 uniform init and a 1x1 ConvTranspose decoder head). Both time steady-state steps after a warm-up, data loading
 included; vqkit's window is read from its metrics.jsonl (between two read-backs, before the final evaluation).
 Each configuration runs ``--repeats`` times, interleaved, and the best is kept (the machine may be shared).
@@ -38,7 +38,7 @@ from vqkit.registry import quantizers
 from vqkit.training import TrainConfig, train
 
 
-# --- the seed tutorial's model, transcribed (shared/seed) ----------------------------------------------------
+# --- the classic VQ-VAE tutorial's model, transcribed ----------------------------------------------------
 class SeedVQEmbedding(nn.Module):
     def __init__(self, num_embeddings: int, embedding_dim: int, commitment_cost: float = 0.25) -> None:
         super().__init__()
@@ -126,7 +126,7 @@ def vqkit_loop(
     model: dict | None = None,
 ) -> float:
     """images/s of ``vqkit.training.train`` over ``steps`` steps after ``warmup``; ``model`` None is the
-    seed tutorial's architecture (what the seed loop runs), else ``build_model`` arguments."""
+    classic VQ-VAE tutorial's architecture (what the tutorial loop runs), else ``build_model`` arguments."""
     vqkit.load_plugins()
     if model is None:
         seed_options = {"init": "uniform"}
@@ -212,7 +212,7 @@ def main() -> None:
     print(
         f"\n{name}, torch {torch.__version__}, {steps} timed steps (CPU: up to 40 x 128 images), best of {args.repeats}\n"
     )
-    print("| device | batch | loop | images/s | vs seed loop |")
+    print("| device | batch | loop | images/s | vs tutorial loop |")
     print("|---|---|---|---|---|")
     for batch, label, speed, ratio in rows:
         print(f"| {device.type} | {batch} | {label} | {speed:,.0f} | {ratio:.2f}x |")
