@@ -69,7 +69,9 @@ def test_runtime_only_install_runs_a_default_export_with_onnxruntime_1_16(tmp_pa
     assert proc.returncode == 0, proc.stdout + proc.stderr
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert seen["ort"].startswith("1.16.") and not seen["torch"]
-    assert not Path(seen["vqkit"]).is_relative_to(Path(vqkit.__file__).parents[1])  # the installed copy
+    # the installed copy (in the runtime environment's site-packages), not this checkout's vqkit/ folder
+    installed = Path(seen["vqkit"]).resolve().parent
+    assert installed != Path(vqkit.__file__).resolve().parent and installed.parent.name == "site-packages"
     with torch.no_grad():
         x = torch.from_numpy(held_out).float() / 127.5 - 1
         want = model.encode(x).numpy()
