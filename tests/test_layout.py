@@ -84,13 +84,15 @@ def test_functions_are_short() -> None:
 
 
 def test_the_repository_points_at_nothing_outside_it() -> None:
-    pattern = re.compile(r"DESIGN\.md|the seed's|seed tutorial|[Ii]ssue #?\d+")
+    # (spelled in pieces so that this file does not match itself)
+    words = ["DESIGN" + r"\.md", "the " + "seed's", "seed " + "tutorial", "[Ii]ssue" + r" #?\d+"]
+    pattern = re.compile("|".join(words))
     hits = []
     for folder in ("vqkit", "plugins", "exporters", "tests", "benchmarks", "examples", "runtime"):
         for path in (ROOT / folder).rglob("*"):
             if path.suffix in (".py", ".md", ".toml", ".js", ".html") and "node_modules" not in path.parts:
                 for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
-                    if pattern.search(line) and path.name != "test_layout.py":
+                    if pattern.search(line):
                         hits.append(f"{path.relative_to(ROOT)}:{number}")
     for name in ("README.md", "ARCHITECTURE.md"):
         text = (ROOT / name).read_text()
