@@ -10,7 +10,6 @@ whole set; with several codebooks (residual/grouped) it and the perplexity are a
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,13 +20,15 @@ import torch
 from vqkit.errors import ShapeError
 from vqkit.images import to_float, write_grid
 from vqkit.model import VQVAE
+from vqkit.pixels import psnr, to_uint8
+from vqkit.pixels import to_float as pixel_float
 
 
 def _as_float_batch(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(to_float(images) if images.dtype == np.uint8 else images.astype(np.float32))
     elif images.dtype == torch.uint8:
-        images = images.float().div(127.5).sub(1.0)
+        images = pixel_float(images)
     return images.to(device=device, dtype=torch.float32)
 
 
@@ -131,7 +132,7 @@ def evaluate(
     return {
         "images": len(images),
         "mse": mse,
-        "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf,
+        "psnr": psnr(mse),
         "ssim": float(ssim_sum) / n,
         **extra,
         "codes_used": int(codes_used) if s == 1 else codes_used,
@@ -212,7 +213,7 @@ def reconstruct_files(
     images = np.stack(originals)
     model = load(model_path, device=resolve_device(device))
     _, recon = reconstruct(model, images)
-    recon_u8 = ((recon.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    recon_u8 = to_uint8(recon).cpu().numpy()
     n = len(images)
     cols = min(per_row, n)
     rows = []
@@ -222,7 +223,7 @@ def reconstruct_files(
             rows.append(np.concatenate([block, pad]))
     write_grid(np.concatenate(rows), output, nrow=cols, scale=scale)
     mse = float(((recon.float().cpu() - torch.from_numpy(to_float(images))) ** 2).mean())
-    return {"images": n, "mse": mse, "psnr": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
+    return {"images": n, "mse": mse, "psnr": psnr(mse)}
 
 
 def _image_size(path: str | os.PathLike[str]) -> tuple[int, int]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from vqkit.errors import VQKitError
+from vqkit.pixels import to_float
 
 if TYPE_CHECKING:
     import torch
@@ -316,7 +317,7 @@ def check_parity(
     import torch
 
     start = time.perf_counter()
-    x = torch.from_numpy(images).float() / 127.5 - 1.0
+    x = to_float(torch.from_numpy(images))
     sizes = _batches(len(x))
     run = _run_both(model, runner, x, sizes)
     tc = torch.cat(run["t_codes"])

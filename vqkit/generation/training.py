@@ -23,6 +23,7 @@ import torch
 from vqkit.device import resolve_device
 from vqkit.errors import OptionError, VQKitError
 from vqkit.generation.prior import PRIOR_FILE, CodePrior, PriorSpec, model_fingerprint, save_prior
+from vqkit.pixels import to_float
 from vqkit.training.checkpoint import STATE_NAME, load_state, restore_rng, save_state
 from vqkit.training.engine import Cadence, LoopEnd, Progress, Say, Window, run_steps
 from vqkit.training.rundir import METRICS_NAME, MetricsLog, prepare_run_dir
@@ -84,7 +85,7 @@ def encode_images(
     model = model.to(device).eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = torch.from_numpy(images[i : i + batch_size]).to(device).float() / 127.5 - 1.0
+        x = to_float(torch.from_numpy(images[i : i + batch_size]).to(device))
         out.append(model.encode(x))
     return torch.cat(out)
 

@@ -12,7 +12,6 @@ channels-last; optional torch.compile.
 from __future__ import annotations
 
 import inspect
-import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from vqkit.images import write_grid
 from vqkit.metrics_sinks import METRICS_CSV, TENSORBOARD_DIR, require_tensorboard
 from vqkit.model import VQVAE
 from vqkit.objectives import build_loss, decoder_last_layer
+from vqkit.pixels import psnr, to_uint8
 from vqkit.training.checkpoint import MODEL_NAME, STATE_NAME, restore_rng, save_checkpoint
 from vqkit.training.config import TrainConfig
 from vqkit.training.configfile import CONFIG_NAME, write_config_toml
@@ -309,7 +309,7 @@ class VQVAETrainer:
             "step": done,
             "lr": self.lr,
             **means,
-            "psnr": _psnr(means["mse"]),
+            "psnr": psnr(means["mse"]),
             "images_per_s": window.per_second,
             "data_wait_s": self.data.wait_seconds,
             "elapsed_s": window.elapsed,
@@ -330,7 +330,7 @@ class VQVAETrainer:
         model, images = self.model, self.held_out.images
         result = evaluate(model, images)
         _, recon = reconstruct(model, images[:GRID_IMAGES])
-        grid_recon = _uint8(recon)
+        grid_recon = to_uint8(recon).cpu().numpy()
         write_grid(
             np.concatenate([images[:GRID_IMAGES], grid_recon]),
             self.run_dir / f"recon_{done:06d}.png",
@@ -433,11 +433,3 @@ def _optimizer(model: nn.Module, config: TrainConfig, device: torch.device) -> t
     if device.type == "cuda":
         kwargs["fused"] = True
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], **kwargs)
-
-
-def _uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
-
-
-def _psnr(mse: float) -> float:
-    return 10 * math.log10(4.0 / mse) if mse > 0 and math.isfinite(mse) else math.inf
