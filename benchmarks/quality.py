@@ -176,6 +176,13 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 # --- the architecture suite ---------------------------------------------------------------------------------
 CONV3_DS4 = ({"widths": [64, 128]}, {"widths": [128, 64]})
+
+
+def _both(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The same options for the encoder and its mirror decoder."""
+    return options, dict(options)
+
+
 RESNET_DS4 = ({"downsample": 4}, {"downsample": 4})
 RESNET_DS8 = ({"downsample": 8}, {"downsample": 8})
 # (label, data, encoder, (encoder options, decoder options), loss)
@@ -190,6 +197,10 @@ ARCH_CONFIGS: list[tuple[str, str, str, tuple[dict[str, Any], dict[str, Any]], s
         ("resnet-ds8-l1", "resnet", RESNET_DS8, "l1"),
         ("resnet-ds8-l1+ssim", "resnet", RESNET_DS8, "l1+ssim:0.2"),
         ("resnet-ds8-l1+patchgan", "resnet", RESNET_DS8, "l1+patchgan:0.1"),
+        # resnet's defaults against the variants they were chosen over
+        ("resnet-ds8-blocks2", "resnet", _both({"downsample": 8, "blocks": 2}), "mse"),
+        ("resnet-ds8-decoder-blocks2", "resnet", (RESNET_DS8[0], {"downsample": 8, "blocks": 2}), "mse"),
+        ("resnet-ds8-no-attention", "resnet", _both({"downsample": 8, "attention": False}), "mse"),
     ]
 ]
 
