@@ -7,21 +7,10 @@ import functools
 import tempfile
 from pathlib import Path
 
-import pytest
 import torch
 
 import vqkit
 from vqkit.data import load_mnist5k
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is fastest, and on a busy 2-core machine a second one spends its time
-    spin-waiting (measured: 150 prior steps took 0.7 s of CPU on one thread, 28 s on two)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=1)

@@ -17,13 +17,7 @@ from vqkit.cli.main import cli
 from vqkit.data import load_mnist5k
 from vqkit.evaluate import evaluate
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import torch
 from cli_run import run
 from generation_fixture import (
     held_out_images,
-    one_thread,  # noqa: F401  (autouse: one thread for these tiny models)
     tiny_model,
     tiny_model_file,
 )
@@ -18,6 +17,8 @@ from vqkit.errors import OptionError, ShapeError
 from vqkit.generation.prior import CodePrior, PriorSpec, model_fingerprint, save_prior
 from vqkit.generation.sampling import interpolate, sample_codes, sample_images, uniform_codes
 from vqkit.images import to_uint8, write_image
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_prior(model) -> CodePrior:

@@ -390,15 +390,6 @@ def _tensors_equal(a: object, b: object, where: str = "") -> None:
         assert a == b, where
 
 
-@pytest.fixture
-def one_thread():  # noqa: ANN201
-    # Tiny models run fastest on one thread, and on a shared 2-core machine two threads can be 8x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_the_training_loop_resumes_a_gan_run_exactly(tmp_path: Path, one_thread: None) -> None:
     """vqkit's loop with l1+patchgan: a run stopped by Ctrl-C and resumed ends with the same model weights and
     the same discriminator and discriminator optimizer as an uninterrupted one."""

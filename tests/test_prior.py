@@ -7,7 +7,6 @@ import pytest
 import torch
 from cli_run import run
 from generation_fixture import (
-    one_thread,  # noqa: F401  (autouse: one thread for these tiny models)
     tiny_model,
     tiny_model_file,
 )
@@ -26,6 +25,8 @@ from vqkit.generation.prior import (
 from vqkit.generation.training import PriorTrainConfig, encode_images, train_prior
 
 SMALL = dict(width=32, layers=1, heads=2, dropout=0.0, batch_size=64, lr=3e-3, warmup=10)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_a_briefly_trained_prior_beats_the_uniform_prior_on_held_out_codes(tmp_path: Path) -> None:

@@ -80,15 +80,6 @@ train(config, callback=die)
 """
 
 
-@pytest.fixture
-def one_thread():
-    # the same arithmetic as the child process (one thread), and tiny models run fastest so on 2 shared cores
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("packed", [False, True], ids=["folder", "shards"])
 def test_sigkilled_streaming_run_resumes_to_the_same_weights(
     tmp_path: Path, packed: bool, one_thread: None

@@ -17,14 +17,7 @@ import vqkit
 from vqkit.cli.main import cli
 from vqkit.training import TrainConfig, TrainingDiverged, train
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models run fastest on one thread, and on a shared 2-core machine two threads can be 8x slower.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FAST = ["--batch-size", "16", "--eval-images", "32", "--log-every", "2", "-q"]

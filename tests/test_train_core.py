@@ -26,13 +26,7 @@ from vqkit.training.rundir import prepare_run_dir
 
 FAST = ["--batch-size", "16", "--eval-images", "32", "--log-every", "2", "-q"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(args: list[str]) -> tuple[int, str]:
