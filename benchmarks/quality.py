@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 import photo32
+import quality_matrix
 import torch
 
 import vqkit
@@ -57,9 +58,9 @@ NO_QUANTIZER = "none"
 CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
     ("vq-original", "vq", {"init": "uniform", "restart_after": 0}),
     ("lfq", "lfq", {}),
-    ("vq-kmeans-restart", "vq", {"init": "kmeans", "restart_after": 50}),
+    ("vq-kmeans-restart", "vq", {"init": "kmeans", "restart_after": 10}),
     ("ema", "ema", {}),
-    ("vq-rotation", "vq", {"init": "kmeans", "restart_after": 50, "estimator": "rotation"}),
+    ("vq-rotation", "vq", {"init": "kmeans", "restart_after": 10, "estimator": "rotation"}),
     ("cosine", "cosine", {}),
     ("simvq", "simvq", {}),
     ("fsq-888", "fsq", {"levels": [8, 8, 8]}),
@@ -291,10 +292,10 @@ def arch_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--suite", choices=("quantizers", "architectures"), default="quantizers")
+    ap.add_argument("--suite", choices=("quantizers", "architectures", "matrix"), default="quantizers")
     ap.add_argument("--recipe", choices=("plain", "vqkit"), default="plain")
     ap.add_argument("--steps", type=int, default=None, help="default: 2000 (plain), vqkit train's (vqkit)")
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=None, help="default: 128 (matrix: 64)")
     ap.add_argument("--lr", type=float, default=None, help="default: 1e-3 (plain), vqkit train's (vqkit)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -302,7 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--write", default="", help="also write the markdown table (and the setup) to this file")
     ap.add_argument("--json", default="", help="also write the raw rows as JSON lines to this file")
     ap.add_argument("--from-json", default="", help="only re-render the table of rows saved by --json")
+    quality_matrix.add_arguments(ap)
     args = ap.parse_args(argv)
+    if args.suite == "matrix":
+        return quality_matrix.matrix_main(args)
+    args.batch = args.batch or 128
     if args.suite == "architectures":
         return architectures_main(args)
     vq_recipe = args.recipe == "vqkit"

@@ -76,7 +76,7 @@ def test_plugins_lists_every_kind_with_origin() -> None:
 
 def test_plugins_verbose_and_name_show_options() -> None:
     code, text = run("plugins", "vq")
-    assert code == 0 and "beta=0.25" in text and "init='kmeans'" in text and "restart_after=50" in text
+    assert code == 0 and "beta=0.25" in text and "init='kmeans'" in text and "restart_after=10" in text
     code, text = run("plugins", "--verbose")
     assert "widths=(32, 64, 128)" in text
 

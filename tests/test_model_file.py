@@ -126,15 +126,15 @@ def test_model_file_records_every_resolved_option_and_version(tmp_path: Path) ->
     assert spec.resolved_options["quantizer"] == {
         "beta": 0.5,
         "init": "kmeans",
-        "restart_after": 50,
+        "restart_after": 10,
         "estimator": "ste",
     }
-    assert spec.resolved_options["decoder"] == {"widths": [128, 64, 32], "head": "conv"}
+    assert spec.resolved_options["decoder"] == {"widths": [128, 64, 32], "head": "conv", "output": "clamp"}
     assert spec.versions == {part: vqkit.__version__ for part in ("encoder", "quantizer", "decoder")}
     assert model.resolved_options == spec.resolved_options
-    assert "init='kmeans' restart_after=50" in model.describe()
+    assert "init='kmeans' restart_after=10" in model.describe()
     info = model.summary()["quantizer"]
-    assert info["options"] == {"beta": 0.5} and info["resolved_options"]["restart_after"] == 50
+    assert info["options"] == {"beta": 0.5} and info["resolved_options"]["restart_after"] == 10
     assert info["version"] == vqkit.__version__
 
 
@@ -206,13 +206,28 @@ def _rewrite_spec(path: Path, out: Path, edit) -> Path:
     return out
 
 
+def _as_tanh_era(model: vqkit.VQVAE) -> vqkit.VQVAE:
+    """``model`` as vqkit built it before conv3's decoder had the ``output`` option (always a Tanh)."""
+    spec = model.spec
+    old = vqkit.build_model(
+        channels=spec.channels,
+        image_size=spec.image_size,
+        latent_dim=spec.latent_dim,
+        codebook_size=spec.codebook_size,
+        decoder_options={"output": "tanh"},
+    )
+    old.load_state_dict(model.state_dict())
+    return old.eval()
+
+
 def test_an_old_file_without_resolved_options_still_loads(tmp_path: Path) -> None:
-    model = _trained()
+    model = _as_tanh_era(_trained())
     path = vqkit.save(model, tmp_path / "m.safetensors")
 
     def as_format_1(data: dict) -> None:
         for key in ("resolved_options", "versions"):
             del data[key]
+        del data["decoder_options"]["output"]  # the option did not exist yet
         data["format"] = 1
 
     old = _rewrite_spec(path, tmp_path / "old.safetensors", as_format_1)
@@ -363,3 +378,24 @@ def test_hf_folder_whose_config_disagrees_with_its_weights_is_refused(tmp_path: 
         vqkit.load(folder)
     with pytest.raises(ModelFileError, match="not a vqkit model: a model folder holds"):
         vqkit.load(tmp_path)
+
+
+def test_a_conv3_file_saved_before_the_clamp_output_keeps_its_tanh(tmp_path: Path) -> None:
+    """Decoders saved before conv3 had ``output`` (its resolved options lack it) were Tanh decoders: they
+    load as such, not with today's default (a clamp), so their reconstructions do not change."""
+    model = _as_tanh_era(_trained())
+    path = vqkit.save(model, tmp_path / "m.safetensors")
+
+    def before_the_option(data: dict) -> None:
+        del data["decoder_options"]["output"]
+        del data["resolved_options"]["decoder"]["output"]
+
+    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_option))
+    assert loaded.resolved_options["decoder"]["output"] == "tanh"
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x).reconstruction, model(x).reconstruction)
+        clamped = _as_tanh_era(model)  # the same weights under today's default head differ
+        clamped.decoder.output = "clamp"
+        clamped.decoder.net = clamped.decoder.net[:-1]
+        assert not torch.equal(clamped(x).reconstruction, model(x).reconstruction)

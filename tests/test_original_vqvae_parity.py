@@ -66,9 +66,11 @@ def test_original_preset_is_the_tutorials_configuration() -> None:
     q = model.quantizer
     assert q.init == "uniform" and not q.upkeep.kmeans_init and q.upkeep.restart_after == 0
     assert isinstance(model.decoder.net[0], nn.ConvTranspose2d)
+    assert isinstance(model.decoder.net[-1], nn.Tanh)
     default = vqkit.build_model(seed=0)
-    assert default.quantizer.upkeep.kmeans_init and default.quantizer.upkeep.restart_after == 50
+    assert default.quantizer.upkeep.kmeans_init and default.quantizer.upkeep.restart_after == 10
     assert isinstance(default.decoder.net[0], nn.Conv2d)
+    assert not any(isinstance(m, nn.Tanh) for m in default.decoder.modules())  # linear + clamp
 
 
 def test_vq_matches_tutorial_indices_outputs_loss_and_gradients() -> None:

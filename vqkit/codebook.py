@@ -154,7 +154,7 @@ class CodebookUpkeep(nn.Module):
     The decisions "run k-means now?" and "look for dead codes now?" are taken on the host from Python
     mirrors of ``initialised`` and ``step`` (read from the buffers once after construction or loading), so
     a training step does not wait on the GPU. Dead codes are looked for every ``check_every`` steps
-    (``restart_after // 8``, at least 1): a code is re-seeded after ``restart_after`` to
+    (``restart_after // 8``, at least 2): a code is re-seeded after ``restart_after`` to
     ``restart_after + check_every - 1`` unused steps.
     """
 
@@ -175,7 +175,8 @@ class CodebookUpkeep(nn.Module):
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
         self.register_buffer("last_used", torch.zeros(codebook_size, dtype=torch.int64))
         self.register_buffer("restarts", torch.zeros((), dtype=torch.int64))
-        self.check_every = max(1, self.restart_after // 8)
+        # At least every other step: a check with dead codes costs a device sync.
+        self.check_every = max(2, self.restart_after // 8)
         self._host: tuple[bool, int] | None = None  # (initialised, step), mirrored on the host
 
     def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:

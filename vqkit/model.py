@@ -441,11 +441,16 @@ def _construct_parts(
 
 def _spec_options(spec: ModelSpec) -> dict[str, dict[str, Any]]:
     """The options a stored spec's parts are rebuilt with, validated: every resolved option it recorded (a
-    spec from before resolved options were recorded takes today's defaults for the rest)."""
-    return {
-        part: validate_options(REGISTRIES[part].entry(getattr(spec, part)), spec.options(part))
-        for part in PARTS
-    }
+    spec from before resolved options were recorded takes today's defaults for the rest, except the options a
+    component lists in its ``legacy_options``: added later, they take the value that rebuilds the older model
+    as it was)."""
+    out = {}
+    for part in PARTS:
+        entry = REGISTRIES[part].entry(getattr(spec, part))
+        recorded = spec.options(part)
+        legacy = getattr(entry.obj, "legacy_options", None) or {}
+        out[part] = validate_options(entry, {**legacy, **recorded})
+    return out
 
 
 def build_from_spec(spec: ModelSpec, *, seed: int | None = None, dry_run: bool = True) -> VQVAE:

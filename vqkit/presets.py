@@ -23,19 +23,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     # The original VQ-VAE configuration (van den Oord et al., 2017, as in the widely used PyTorch tutorial
     # formulation): a U(-1/K, 1/K) codebook without k-means or restarts, and a decoder whose first layer is a
-    # 1x1 transposed convolution. It collapses to a few codes in training; kept for comparisons.
+    # 1x1 transposed convolution and whose output is a Tanh. It collapses to a few codes in training; kept for comparisons.
     "original": {
         "encoder": "conv3",
         "quantizer": "vq",
         "decoder": "conv3",
         "quantizer_options": {"init": "uniform", "restart_after": 0},
-        "decoder_options": {"head": "transpose"},
+        "decoder_options": {"head": "transpose", "output": "tanh"},
     },
 }
 
 DESCRIPTIONS = {
     "default": "every component's own defaults: vq with k-means init and dead-code restarts",
-    "original": "the original VQ-VAE: uniform codebook init, no restarts, transposed-conv decoder head",
+    "original": "the original VQ-VAE: uniform codebook init, no restarts, transposed-conv decoder head, Tanh output",
 }
 
 

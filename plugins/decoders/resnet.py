@@ -7,39 +7,21 @@
 
 The head is linear (no Tanh): a saturating output can die early in training (all-black reconstructions). The
 output is clamped to the images' [-1, 1] range: in evaluation mode a plain clamp (what a user decodes and every
-exported graph computes), in training one whose gradient still brings a pixel past the range back (see ``_ClampBack``), so the
+exported graph computes), in training one whose gradient still brings a pixel past the range back (see ``vqkit.heads``), so the
 loss sees what inference gives and no pixel is lost to saturation.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from vqkit.contracts import Decoder
+from vqkit.heads import clamp_output
 from vqkit.plugins.encoders.resnet import Attention, ResBlock, resolve_levels
 from vqkit.registry import decoders
-
-
-class _ClampBack(torch.autograd.Function):
-    """Clamp to [-1, 1] whose gradient passes wherever a step would bring a value back toward the range,
-    and is stopped only where it would push an already clamped value further out. A hard clamp would leave
-    every clamped pixel without a gradient (it could never come back); a plain straight-through one lets a
-    loss that wants a pixel beyond the range (an adversarial one) drive it without bound."""
-
-    @staticmethod
-    def forward(ctx: Any, out: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(out)
-        return out.clamp(-1.0, 1.0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        (out,) = ctx.saved_tensors
-        outward = ((out > 1) & (grad < 0)) | ((out < -1) & (grad > 0))  # descent would move it further out
-        return grad.masked_fill(outward, 0.0)
 
 
 def _up(cin: int, cout: int) -> nn.Sequential:
@@ -88,7 +70,4 @@ class ResNetDecoder(Decoder):
         return self.net[-1][1].weight
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.net(z)
-        if not self.training:
-            return out.clamp(-1.0, 1.0)
-        return _ClampBack.apply(out)
+        return clamp_output(self.net(z), self.training)

@@ -25,7 +25,7 @@ class EMA(Codebook):
         decay: float = 0.99,
         eps: float = 1e-5,
         init: str = "kmeans",
-        restart_after: int = 50,
+        restart_after: int = 10,
         estimator: str = "ste",
     ) -> None:
         super().__init__(dim, codebook_size, beta, init, restart_after, estimator)

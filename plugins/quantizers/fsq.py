@@ -2,12 +2,32 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
 from vqkit.codebook import FlatQuantizer, code_stats
 from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
+
+
+class _TanhBack(torch.autograd.Function):
+    """Tanh whose gradient does not vanish on the way back: where a step of gradient descent would move a
+    saturated input back toward 0, the gradient passes at full slope (1); where it would push it further out,
+    Tanh's own (vanishing) slope applies. With Tanh's own gradient alone, latents that drift into the tails
+    early in training (all on one level, so rounding gives one code for every input) never come back."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        y = torch.tanh(x)
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        x, y = ctx.saved_tensors
+        inward = (x * grad) > 0  # descent (x - lr * grad) shrinks |x|
+        return torch.where(inward, grad, grad * (1 - y * y))
 
 
 @quantizers.register("fsq")
@@ -47,12 +67,16 @@ class FSQ(FlatQuantizer):
         self.register_buffer("_basis", torch.tensor(basis, dtype=torch.int64), persistent=False)
 
     def _bounded(self, flat: torch.Tensor) -> torch.Tensor:
-        """Squash each channel so that rounding gives exactly ``levels[i]`` integers, centred on 0 (fp32)."""
+        """Squash each channel so that rounding gives exactly ``levels[i]`` integers, centred on 0 (fp32).
+
+        In training the squashing passes gradients by :class:`_TanhBack`: a latent deep in the Tanh's flat
+        tail still gets the gradient that brings it back (inference computes the same values)."""
         levels = self._levels.float()
         half = (levels - 1) * (1 + 1e-3) / 2
         offset = torch.where(self._levels % 2 == 0, 0.5, 0.0)
         shift = torch.atanh(offset / half)
-        return torch.tanh(flat + shift) * half - offset
+        squash = _TanhBack.apply if self.training and flat.requires_grad else torch.tanh
+        return squash(flat + shift) * half - offset
 
     def _half_width(self) -> torch.Tensor:
         return torch.div(self._levels, 2, rounding_mode="floor")

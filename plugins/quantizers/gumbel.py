@@ -12,8 +12,22 @@ from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
 
 
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * torch.log(p.clamp_min(1e-10))).sum(-1)
+
+
+def _spread_loss(q: torch.Tensor, k: int) -> torch.Tensor:
+    """(mean per-latent entropy - entropy of the batch's mean distribution) / log K, in [-1, 1]: low when
+    each latent is confident of one code and the batch spreads over all K of them (the entropy terms of
+    lookup-free quantization, applied to the code probabilities)."""
+    return (_entropy(q).mean() - _entropy(q.mean(0))) / math.log(k)
+
+
 @quantizers.register("gumbel")
 class Gumbel(FlatQuantizer):
+    # Options added after models were first saved, with the values that rebuild such an older model as it was.
+    legacy_options = {"diversity": 0.0}
+
     """Gumbel-softmax quantizer (as in DALL-E's dVAE): a 1x1 projection gives logits over the codes; training
     mixes codes by a Gumbel-softmax sample, inference takes the argmax code (hard).
 
@@ -31,6 +45,7 @@ class Gumbel(FlatQuantizer):
         anneal_steps: int = 2000,
         kl_weight: float = 5e-4,
         hard: bool = False,
+        diversity: float = 0.1,
     ) -> None:
         super().__init__()
         self.dim = int(dim or 64)
@@ -43,6 +58,9 @@ class Gumbel(FlatQuantizer):
         self.anneal_steps = int(anneal_steps)
         self.kl_weight = float(kl_weight)
         self.hard = bool(hard)
+        if diversity < 0:
+            raise ValueError(f"diversity must be >= 0, got {diversity}")
+        self.diversity = float(diversity)
         self.proj = nn.Linear(self.dim, self.codebook_size)
         self.embedding = nn.Embedding(self.codebook_size, self.dim)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
@@ -75,10 +93,13 @@ class Gumbel(FlatQuantizer):
                 soft = F.gumbel_softmax(logits, tau=tau, hard=self.hard, dim=-1)
                 flat_q = soft @ self.embedding.weight.float()
                 log_q = F.log_softmax(logits, dim=-1)
-                kl = (log_q.exp() * (log_q + math.log(self.codebook_size))).sum(-1).mean()
+                q = log_q.exp()
+                kl = (q * (log_q + math.log(self.codebook_size))).sum(-1).mean()
+                loss = self.kl_weight * kl
+                if self.diversity:
+                    loss = loss + self.diversity * _spread_loss(q, self.codebook_size)
             self._host_step = self._current_step() + 1
             self.step += 1
-            loss = self.kl_weight * kl
             stats = {"temperature": torch.tensor(tau)}
         else:
             flat_q = self.embedding(indices)

@@ -28,7 +28,7 @@ class GVQ(FlatQuantizer):
         ema: bool = False,
         decay: float = 0.99,
         init: str = "kmeans",
-        restart_after: int = 50,
+        restart_after: int = 10,
         estimator: str = "ste",
         codebook: str = "vq",
     ) -> None:

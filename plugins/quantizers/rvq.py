@@ -31,7 +31,7 @@ class RVQ(FlatQuantizer):
         ema: bool = False,
         decay: float = 0.99,
         init: str = "kmeans",
-        restart_after: int = 50,
+        restart_after: int = 10,
         estimator: str = "ste",
         dropout: float = 0.0,
         codebook: str = "vq",

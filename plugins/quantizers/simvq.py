@@ -22,7 +22,7 @@ class SimVQ(Codebook):
         codebook_size: int | None = None,
         beta: float = 0.25,
         init: str = "kmeans",
-        restart_after: int = 0,
+        restart_after: int = 10,
         estimator: str = "ste",
     ) -> None:
         super().__init__(dim, codebook_size, beta, init, restart_after, estimator)
