@@ -59,12 +59,11 @@ MIN_USAGE = 0.25
 
 
 def quantizer_names() -> list[str]:
-    """Every registered quantizer (built-ins and installed plugins), in registry order."""
-    from vqkit.plugin_loader import load_plugins
+    """The built-in quantizers, in registry order (``--quantizers`` names others, plugins' included)."""
     from vqkit.registry import quantizers
 
-    load_plugins()
-    return list(quantizers.names())
+    vqkit.load_plugins()
+    return [e.name for e in quantizers.entries() if e.origin == "built-in"]
 
 
 def _model_args(encoder: str, quantizer: str) -> dict[str, Any]:

@@ -118,7 +118,7 @@ class _SkewedExporter(OnnxExporter):
         other = copy.deepcopy(model)
         with torch.no_grad():
             other.encoder.net[-1].bias.add_(0.3)
-            other.decoder.net[-2].bias.add_(1e-3)
+            other.decoder.net[-1].bias.add_(1e-3)
         return super().export(other, folder)
 
 

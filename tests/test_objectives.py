@@ -111,7 +111,7 @@ def test_a_third_party_objective_is_used_by_name() -> None:
 
 def test_the_decoders_last_layer_is_found() -> None:
     model = vqkit.build_model("conv3", channels=1, image_size=32)
-    assert decoder_last_layer(model.decoder) is model.decoder.net[-2].weight
+    assert decoder_last_layer(model.decoder) is model.decoder.net[-1].weight
     assert decoder_last_layer(nn.Identity()) is None
 
 

@@ -25,9 +25,6 @@ def _spread_loss(q: torch.Tensor, k: int) -> torch.Tensor:
 
 @quantizers.register("gumbel")
 class Gumbel(FlatQuantizer):
-    # Options added after models were first saved, with the values that rebuild such an older model as it was.
-    legacy_options = {"diversity": 0.0}
-
     """Gumbel-softmax quantizer (as in DALL-E's dVAE): a 1x1 projection gives logits over the codes; training
     mixes codes by a Gumbel-softmax sample, inference takes the argmax code (hard).
 
@@ -35,6 +32,9 @@ class Gumbel(FlatQuantizer):
     steps; ``kl_weight`` x KL(q || uniform) keeps the code distribution spread. ``hard=true`` uses the
     straight-through (one-hot forward) sample in training too.
     """
+
+    # Options added after models were first saved, with the values that rebuild such an older model as it was.
+    legacy_options = {"diversity": 0.0}
 
     def __init__(
         self,
