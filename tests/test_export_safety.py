@@ -85,6 +85,26 @@ def test_reexport_keeps_user_files_by_refusing_and_replaces_a_clean_export(
     assert sorted(p.name for p in folder.iterdir()) == ["decoder.onnx", "encoder.onnx", "vqkit.json"]
 
 
+def test_an_export_without_checksums_is_never_replaced_over_a_graph_that_may_be_edited(
+    model_file: Path, tokenizer: Path, tmp_path: Path
+) -> None:
+    folder = _copy(tokenizer, tmp_path)
+    info = json.loads((folder / "vqkit.json").read_text())
+    del info["manifest"]  # what an older vqkit wrote: the graphs' names, no checksums
+    (folder / "vqkit.json").write_text(json.dumps(info))
+    with open(folder / "decoder.onnx", "ab") as f:  # the user's edit, which nothing records
+        f.write(b"\0")
+    edited = (folder / "decoder.onnx").read_bytes()
+    code, text = run("export", str(model_file), "-o", str(folder), "--no-validate")
+    assert code == 1 and text.strip().count("\n") == 0, text
+    assert "older vqkit" in text and "decoder.onnx, encoder.onnx" in text, text
+    assert (folder / "decoder.onnx").read_bytes() == edited
+    (folder / "decoder.onnx").unlink()
+    (folder / "encoder.onnx").unlink()
+    export(model_file, folder, validate=False)  # with the graphs moved out, its vqkit.json is replaced
+    assert "manifest" in json.loads((folder / "vqkit.json").read_text())
+
+
 def test_export_into_the_current_folder_refuses_clearly(
     model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,6 +141,21 @@ def test_encode_names_the_image_of_each_row(tokenizer: Path, tmp_path: Path) -> 
     rows = json.loads((tmp_path / "c.json").read_text())
     assert rows["images"] == [str(p) for p in [paths[2], *paths]] and rows["codes"] == "c.npy"
     assert rows["shape"] == list(np.load(tmp_path / "c.npy").shape)
+
+
+def test_encode_never_replaces_a_json_of_the_users_beside_the_codes(tokenizer: Path, tmp_path: Path) -> None:
+    write_images(load_mnist5k("test")[0][:2], tmp_path / "photos")
+    mine = tmp_path / "codes.json"
+    mine.write_text('{"my": "notes"}')
+    args = ("encode", str(tokenizer), str(tmp_path / "photos"), "-o", str(tmp_path / "codes.npy"))
+    code, text = run(*args)
+    assert code == 1 and text.strip().count("\n") == 0, text
+    assert f"{mine} exists and is not an image list that vqkit encode wrote" in text
+    assert mine.read_text() == '{"my": "notes"}' and not (tmp_path / "codes.npy").exists()
+    mine.unlink()
+    assert run(*args)[0] == 0
+    assert run(*args)[0] == 0  # encoding again replaces the list it wrote itself
+    assert json.loads(mine.read_text())["codes"] == "codes.npy"
 
 
 # --- a hostile or mismatched tokenizer folder ----------------------------------------------------------------
