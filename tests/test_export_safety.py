@@ -165,6 +165,52 @@ def _edit(folder: Path, change) -> None:
     (folder / "vqkit.json").write_text(json.dumps(info))
 
 
+def _strip_graph_codebook_size(folder: Path) -> None:
+    """Graphs that do not restate their codebook size (as a third party's exporter may write them)."""
+    import onnx
+
+    for name in ("encoder.onnx", "decoder.onnx"):
+        proto = onnx.load(str(folder / name))
+        kept = [p for p in proto.metadata_props if p.key != "vqkit_codebook_size"]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        onnx.save(proto, str(folder / name))
+
+
+def test_a_code_beyond_32_bits_never_wraps_to_a_valid_one(tokenizer: Path, tmp_path: Path) -> None:
+    tok = Tokenizer(tokenizer)
+    assert tok.codes_dtype == np.int32
+    huge = np.zeros((1, *tok.codes_shape), dtype=np.uint64)
+    huge[0, 0, 0] = 2**32 + 5  # 5 once narrowed to int32
+    with pytest.raises(VQKitError, match="codes must lie in"):
+        tok.decode(huge)
+    folder = _copy(tokenizer, tmp_path)
+    _strip_graph_codebook_size(folder)
+    _edit(folder, lambda info: info.update(codebook_size=2**40))
+    with pytest.raises(VQKitError, match=r"codebook_size must lie in \[1, 2147483648\], got 1099511627776"):
+        Tokenizer(folder)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_size", 10**12, r"image_size must lie in \[1, 65536\]"),
+        ("channels", True, "channels must be a whole number"),
+        ("grid", [4, 2**40], r"grid must lie in \[1, 65536\]"),
+        ("grid", [4], r"grid must be \[rows, columns\]"),
+        ("codebook_size", 2**31 + 1, r"codebook_size must lie in \[1, 2147483648\]"),
+        ("num_codebooks", 0, r"num_codebooks must lie in \[1, 1024\]"),
+    ],
+)
+def test_absurd_sizes_in_vqkit_json_are_refused(
+    tokenizer: Path, tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    folder = _copy(tokenizer, tmp_path)
+    _edit(folder, lambda info: info.update({field: value}))
+    with pytest.raises(VQKitError, match=message):
+        Tokenizer(folder)
+
+
 @pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])
 def test_vqkit_json_cannot_point_outside_its_folder(tokenizer: Path, tmp_path: Path, where: str) -> None:
     folder = _copy(tokenizer, tmp_path)
