@@ -113,6 +113,38 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) ->
         assert f.metadata()["vqkit.train.step"] == "2"
 
 
+def test_a_run_that_stopped_before_its_first_checkpoint_leaves_a_folder_to_start_again(
+    tmp_path: Path,
+) -> None:
+    def poison(step: int, model: torch.nn.Module) -> None:
+        if step == 1:
+            with torch.no_grad():
+                next(model.decoder.parameters()).fill_(float("nan"))
+
+    out = tmp_path / "run"
+    common = dict(steps=4, batch_size=16, log_every=1, eval_every=0, eval_images=16, checkpoint_every=4)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        train(TrainConfig(**common, out=str(out), progress=False), callback=poison)
+    assert not (out / "model.safetensors").exists() and (out / "metrics.jsonl").exists()
+    code, text = _run(["train", "--model", str(out / "model.safetensors"), "--resume", "-q"])
+    assert code == 1 and text.strip().count("\n") == 0, text
+    again = f"vqkit train --config {out / 'config.toml'} -o {out}"
+    assert "nothing to resume" in text and again in text, text
+    code, text = _run(again.split()[1:] + ["-q"])  # what the message says works
+    assert code == 0, text
+    assert (out / "model.safetensors").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in records if "event" in r]
+    assert events.count("start") == 1 and "diverged" not in events  # the failed start is gone
+    # a folder whose metrics.jsonl is not a run's is still not ours to start over
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("my own notes\n")
+    code, text = _run(["train", "--steps", "2", "-o", str(other), *FAST])
+    assert code == 1 and "already holds a run" in text
+    assert (other / "metrics.jsonl").read_text() == "my own notes\n"
+
+
 def test_new_model_follows_a_folder_of_rgb_images(tmp_path: Path) -> None:
     data = tmp_path / "images"
     data.mkdir()
