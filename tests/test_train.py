@@ -179,6 +179,9 @@ def test_a_run_that_stopped_before_its_first_checkpoint_leaves_a_folder_to_start
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     events = [r["event"] for r in records if "event" in r]
     assert events.count("start") == 1 and "diverged" not in events  # the failed start is gone
+    # a run that could only fail at its final evaluation is refused before it starts
+    code, text = _run(["train", "--eval-images", "0", "-o", str(tmp_path / "none"), "-q"])
+    assert code == 1 and "--eval-images must be at least 1" in text and not (tmp_path / "none").exists()
     # a folder whose metrics.jsonl is not a run's is still not ours to start over
     other = tmp_path / "other"
     other.mkdir()
