@@ -81,10 +81,8 @@ _MAX_SIZES = {
 }
 
 
-def _size(container: Any, key: Any, info_path: Path, name: str | None = None) -> int:
+def _size(value: Any, name: str, info_path: Path) -> int:
     """One size field of vqkit.json, checked as a Python int (no narrowing) against its sane range."""
-    name = name or str(key)
-    value = container[key]
     top = _MAX_SIZES[name]
     if isinstance(value, bool) or not isinstance(value, int):
         raise TokenizerError(f"{info_path}: {name} must be a whole number, got {value!r}")
@@ -162,14 +160,14 @@ class Tokenizer:
         self.info: dict[str, Any] = info
         info_path = self.path / METADATA_FILE
         try:
-            self.channels = _size(info, "channels", info_path)
-            self.image_size = _size(info, "image_size", info_path)
+            self.channels = _size(info["channels"], "channels", info_path)
+            self.image_size = _size(info["image_size"], "image_size", info_path)
             grid = info["grid"]
             if not isinstance(grid, list) or len(grid) != 2:
                 raise TokenizerError(f"{info_path}: grid must be [rows, columns], got {grid!r}")
-            self.grid = (_size(grid, 0, info_path, "grid"), _size(grid, 1, info_path, "grid"))
-            self.codebook_size = _size(info, "codebook_size", info_path)
-            self.num_codebooks = _size({"n": info.get("num_codebooks", 1)}, "n", info_path, "num_codebooks")
+            self.grid = (_size(grid[0], "grid", info_path), _size(grid[1], "grid", info_path))
+            self.codebook_size = _size(info["codebook_size"], "codebook_size", info_path)
+            self.num_codebooks = _size(info.get("num_codebooks", 1), "num_codebooks", info_path)
             files = {role: info[role]["file"] for role in ("encoder", "decoder")}
         except (KeyError, TypeError) as exc:
             raise TokenizerError(f"{info_path} lacks a field it needs ({exc!r})") from exc
