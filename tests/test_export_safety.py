@@ -85,6 +85,26 @@ def test_reexport_keeps_user_files_by_refusing_and_replaces_a_clean_export(
     assert sorted(p.name for p in folder.iterdir()) == ["decoder.onnx", "encoder.onnx", "vqkit.json"]
 
 
+def test_an_export_without_checksums_is_never_replaced_over_a_graph_that_may_be_edited(
+    model_file: Path, tokenizer: Path, tmp_path: Path
+) -> None:
+    folder = _copy(tokenizer, tmp_path)
+    info = json.loads((folder / "vqkit.json").read_text())
+    del info["manifest"]  # what an older vqkit wrote: the graphs' names, no checksums
+    (folder / "vqkit.json").write_text(json.dumps(info))
+    with open(folder / "decoder.onnx", "ab") as f:  # the user's edit, which nothing records
+        f.write(b"\0")
+    edited = (folder / "decoder.onnx").read_bytes()
+    code, text = run("export", str(model_file), "-o", str(folder), "--no-validate")
+    assert code == 1 and text.strip().count("\n") == 0, text
+    assert "older vqkit" in text and "decoder.onnx, encoder.onnx" in text, text
+    assert (folder / "decoder.onnx").read_bytes() == edited
+    (folder / "decoder.onnx").unlink()
+    (folder / "encoder.onnx").unlink()
+    export(model_file, folder, validate=False)  # with the graphs moved out, its vqkit.json is replaced
+    assert "manifest" in json.loads((folder / "vqkit.json").read_text())
+
+
 def test_export_into_the_current_folder_refuses_clearly(
     model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,11 +143,72 @@ def test_encode_names_the_image_of_each_row(tokenizer: Path, tmp_path: Path) -> 
     assert rows["shape"] == list(np.load(tmp_path / "c.npy").shape)
 
 
+def test_encode_never_replaces_a_json_of_the_users_beside_the_codes(tokenizer: Path, tmp_path: Path) -> None:
+    write_images(load_mnist5k("test")[0][:2], tmp_path / "photos")
+    mine = tmp_path / "codes.json"
+    mine.write_text('{"my": "notes"}')
+    args = ("encode", str(tokenizer), str(tmp_path / "photos"), "-o", str(tmp_path / "codes.npy"))
+    code, text = run(*args)
+    assert code == 1 and text.strip().count("\n") == 0, text
+    assert f"{mine} exists and is not an image list that vqkit encode wrote" in text
+    assert mine.read_text() == '{"my": "notes"}' and not (tmp_path / "codes.npy").exists()
+    mine.unlink()
+    assert run(*args)[0] == 0
+    assert run(*args)[0] == 0  # encoding again replaces the list it wrote itself
+    assert json.loads(mine.read_text())["codes"] == "codes.npy"
+
+
 # --- a hostile or mismatched tokenizer folder ----------------------------------------------------------------
 def _edit(folder: Path, change) -> None:
     info = json.loads((folder / "vqkit.json").read_text())
     change(info)
     (folder / "vqkit.json").write_text(json.dumps(info))
+
+
+def _strip_graph_codebook_size(folder: Path) -> None:
+    """Graphs that do not restate their codebook size (as a third party's exporter may write them)."""
+    import onnx
+
+    for name in ("encoder.onnx", "decoder.onnx"):
+        proto = onnx.load(str(folder / name))
+        kept = [p for p in proto.metadata_props if p.key != "vqkit_codebook_size"]
+        del proto.metadata_props[:]
+        proto.metadata_props.extend(kept)
+        onnx.save(proto, str(folder / name))
+
+
+def test_a_code_beyond_32_bits_never_wraps_to_a_valid_one(tokenizer: Path, tmp_path: Path) -> None:
+    tok = Tokenizer(tokenizer)
+    assert tok.codes_dtype == np.int32
+    huge = np.zeros((1, *tok.codes_shape), dtype=np.uint64)
+    huge[0, 0, 0] = 2**32 + 5  # 5 once narrowed to int32
+    with pytest.raises(VQKitError, match="codes must lie in"):
+        tok.decode(huge)
+    folder = _copy(tokenizer, tmp_path)
+    _strip_graph_codebook_size(folder)
+    _edit(folder, lambda info: info.update(codebook_size=2**40))
+    with pytest.raises(VQKitError, match=r"codebook_size must lie in \[1, 2147483648\], got 1099511627776"):
+        Tokenizer(folder)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("image_size", 10**12, r"image_size must lie in \[1, 65536\]"),
+        ("channels", True, "channels must be a whole number"),
+        ("grid", [4, 2**40], r"grid must lie in \[1, 65536\]"),
+        ("grid", [4], r"grid must be \[rows, columns\]"),
+        ("codebook_size", 2**31 + 1, r"codebook_size must lie in \[1, 2147483648\]"),
+        ("num_codebooks", 0, r"num_codebooks must lie in \[1, 1024\]"),
+    ],
+)
+def test_absurd_sizes_in_vqkit_json_are_refused(
+    tokenizer: Path, tmp_path: Path, field: str, value: object, message: str
+) -> None:
+    folder = _copy(tokenizer, tmp_path)
+    _edit(folder, lambda info: info.update({field: value}))
+    with pytest.raises(VQKitError, match=message):
+        Tokenizer(folder)
 
 
 @pytest.mark.parametrize("where", ["absolute", "dotdot", "symlink"])

@@ -92,6 +92,31 @@ def test_save_is_atomic_and_keeps_old_file_on_failure(
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
+def test_a_full_disk_is_one_line_and_keeps_the_model_file_already_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli_run import run
+    from safetensors import SafetensorError
+
+    path = tmp_path / "m.safetensors"
+    code, text = run("build", "--channels", "1", "-o", str(path))
+    assert code == 0, text
+    before = path.read_bytes()
+
+    def disk_full(tensors: object, filename: str, metadata: object = None) -> None:
+        Path(filename).write_bytes(before[:100])  # part of the file got out before the disk filled up
+        # what safetensors' own writer raises when the OS answers ENOSPC
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr("vqkit.modelfile.save_file", disk_full)
+    code, text = run("build", "--channels", "1", "--codebook-size", "64", "-o", str(path))
+    assert code == 1 and text.count("Error") == 1, text
+    last = text.strip().splitlines()[-1]
+    assert last == f"Error: cannot write {path}: No space left on device; nothing was replaced", text
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
 def test_build_errors() -> None:
     with pytest.raises(ShapeError, match="not divisible"):
         vqkit.build_model(image_size=30)

@@ -215,6 +215,39 @@ def test_pack_refuses_foreign_folders_and_counts_what_it_skips(tmp_path: Path) -
     assert refused.exit_code == 1 and "never overwrites" in refused.output
 
 
+_KILLED_PACK = """
+import os, signal, sys
+from vqkit.data.pack import pack_folder
+done = 0
+def progress(n):
+    global done
+    done += n
+    if done == 25:
+        os.kill(os.getpid(), signal.SIGKILL)  # mid-pack: two shards written, the rest never will be
+pack_folder(sys.argv[1], sys.argv[2], shard_size=10, progress=progress)
+"""
+
+
+def test_training_refuses_the_shards_of_an_interrupted_pack_and_says_how_to_finish_it(
+    tmp_path: Path,
+) -> None:
+    from cli_run import run
+
+    root = _folder(tmp_path / "imgs", n=60)
+    out = tmp_path / "out"
+    child = subprocess.run([sys.executable, "-c", _KILLED_PACK, str(root), str(out)], check=False)
+    assert child.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in out.glob("*.tar")) == ["shard-000000.tar", "shard-000001.tar"]
+    for source in (out, str(out / "*.tar"), str(out / "shard-{000000..000001}.tar")):
+        with pytest.raises(DataError, match="interrupted pack") as info:
+            open_source(source, "train")
+        assert f"vqkit data pack {root} -o {out}" in str(info.value)
+    code, text = run("train", "--data", str(out), "--image-size", "16", "--steps", "1", "-q")
+    assert code == 1 and text.strip().count("\n") == 0 and "is incomplete" in text, text
+    assert run("data", "pack", str(root), "-o", str(out), "--no-progress")[0] == 0  # finishing it
+    assert len(open_source(out, "all")) == 60
+
+
 def test_in_memory_augmentation_crops_and_flips_as_drawn() -> None:
     import torch.nn.functional as F
 

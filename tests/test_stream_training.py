@@ -113,6 +113,34 @@ def test_ddp_ranks_stream_their_shares_as_the_in_memory_path_does(tmp_path: Path
         assert torch.equal(streamed[0][key], in_memory[0][key]), key  # and saw the in-memory batches
 
 
+def test_an_unreadable_held_out_image_is_the_same_error_on_both_paths_never_a_switch_to_training_images(
+    tmp_path: Path,
+) -> None:
+    from vqkit.data import DataError
+    from vqkit.data.folder import is_held_out
+    from vqkit.images import find_image_names
+
+    root = _folder(tmp_path / "imgs")
+    held = [n for n in find_image_names(root) if is_held_out(n)]
+    assert held, "the folder needs a held-out image"
+    (root / held[0]).write_bytes(b"\xff\xd8 not a jpeg")
+    for budget in (None, 0):  # in memory, streamed
+        with pytest.raises(DataError, match=f"{held[0]}.*--skip-bad"):
+            open_training_data(_config(root, data_memory_gb=budget), None, 16, CPU)
+    results = [
+        open_training_data(_config(root, data_memory_gb=b, skip_bad=True), None, 16, CPU) for b in (None, 0)
+    ]
+    try:
+        (memory, memory_held), (streamed, streamed_held) = results
+        assert "held in memory" in memory.description and "streamed" in streamed.description
+        assert memory_held.split == streamed_held.split == "test"
+        assert np.array_equal(memory_held.images, streamed_held.images)
+        assert len(memory_held.images) == min(8, len(held) - 1)
+    finally:
+        for data, _ in results:
+            data.close()
+
+
 def test_cli_streaming_run_names_an_unreadable_file_or_skips_and_counts_it(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

@@ -75,6 +75,49 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path: Path) -
         assert f.metadata()["vqkit.train.step"] == "10"
 
 
+def test_an_interrupted_gan_run_resumes_to_the_weights_of_an_unbroken_one(tmp_path: Path) -> None:
+    # The discriminator is built on the first batch the loss sees: at step 0 of an unbroken run, at the
+    # resumed step of a resumed one. Dead-code restarts every step make any shift in the random stream show.
+    common = dict(
+        steps=8,
+        batch_size=16,
+        log_every=4,
+        eval_every=0,
+        eval_images=16,
+        checkpoint_every=4,
+        loss="mse+patchgan:0.1",
+        loss_options={"patchgan": {"start": 1, "ramp": 0, "width": 4, "layers": 2}},
+        model={
+            "encoder_options": {"widths": [8, 8, 8]},
+            "decoder_options": {"widths": [8, 8, 8]},
+            "latent_dim": 4,
+            "codebook_size": 32,
+            "quantizer_options": {"restart_after": 2},
+        },
+        progress=False,
+    )
+    full = train(TrainConfig(**common, out=str(tmp_path / "full")))
+
+    def ctrl_c_at_step_3(step: int, model: object) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cut = train(TrainConfig(**common, out=str(tmp_path / "cut")), callback=ctrl_c_at_step_3)
+    assert cut.interrupted and cut.step == 3
+    model_file = tmp_path / "cut" / "model.safetensors"
+    code, text = _run(["train", "--model", str(model_file), "--resume", "-q"])
+    assert code == 0, text
+    resumed, reference = _weights(model_file), _weights(full.model_path)
+    for key in reference:
+        assert torch.equal(resumed[key], reference[key]), key
+    states = [
+        torch.load(p / "train_state.pt", weights_only=True) for p in (tmp_path / "full", tmp_path / "cut")
+    ]
+    discriminators = [s["objectives"]["patchgan"]["discriminator"] for s in states]
+    for key in discriminators[0]:
+        assert torch.equal(discriminators[0][key], discriminators[1][key]), key
+
+
 def test_resume_refuses_another_model_and_a_finished_run(tmp_path: Path) -> None:
     out = tmp_path / "run"
     code, text = _run(["train", "--steps", "2", "--eval-every", "0", "-o", str(out), *FAST])
@@ -111,6 +154,41 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) ->
     assert all(torch.isfinite(v).all() for v in weights.values() if v.is_floating_point())
     with safe_open(str(tmp_path / "run" / "model.safetensors"), "pt") as f:
         assert f.metadata()["vqkit.train.step"] == "2"
+
+
+def test_a_run_that_stopped_before_its_first_checkpoint_leaves_a_folder_to_start_again(
+    tmp_path: Path,
+) -> None:
+    def poison(step: int, model: torch.nn.Module) -> None:
+        if step == 1:
+            with torch.no_grad():
+                next(model.decoder.parameters()).fill_(float("nan"))
+
+    out = tmp_path / "run"
+    common = dict(steps=4, batch_size=16, log_every=1, eval_every=0, eval_images=16, checkpoint_every=4)
+    with pytest.raises(TrainingDiverged, match="no checkpoint had been written yet"):
+        train(TrainConfig(**common, out=str(out), progress=False), callback=poison)
+    assert not (out / "model.safetensors").exists() and (out / "metrics.jsonl").exists()
+    code, text = _run(["train", "--model", str(out / "model.safetensors"), "--resume", "-q"])
+    assert code == 1 and text.strip().count("\n") == 0, text
+    again = f"vqkit train --config {out / 'config.toml'} -o {out}"
+    assert "nothing to resume" in text and again in text, text
+    code, text = _run(again.split()[1:] + ["-q"])  # what the message says works
+    assert code == 0, text
+    assert (out / "model.safetensors").is_file()
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = [r["event"] for r in records if "event" in r]
+    assert events.count("start") == 1 and "diverged" not in events  # the failed start is gone
+    # a run that could only fail at its final evaluation is refused before it starts
+    code, text = _run(["train", "--eval-images", "0", "-o", str(tmp_path / "none"), "-q"])
+    assert code == 1 and "--eval-images must be at least 1" in text and not (tmp_path / "none").exists()
+    # a folder whose metrics.jsonl is not a run's is still not ours to start over
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "metrics.jsonl").write_text("my own notes\n")
+    code, text = _run(["train", "--steps", "2", "-o", str(other), *FAST])
+    assert code == 1 and "already holds a run" in text
+    assert (other / "metrics.jsonl").read_text() == "my own notes\n"
 
 
 def test_new_model_follows_a_folder_of_rgb_images(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from vqkit.discovery import load_plugins
@@ -46,6 +46,23 @@ _RELEASE = re.compile(
 
 
 # --- writing ---------------------------------------------------------------------------------------------------
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def write_safetensors(
+    tensors: dict[str, torch.Tensor], tmp: Path, target: Path, metadata: dict[str, str]
+) -> None:
+    """``save_file`` into ``tmp`` (an atomic write's temporary file for ``target``). safetensors reports a
+    full disk or a failed write as its own error with the OS's text inside; here it is one line naming the
+    file the user asked for (whose earlier version the atomic write keeps)."""
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+    except SafetensorError as exc:
+        m = _OS_ERROR.search(str(exc))
+        why = os.strerror(int(m.group(1))) if m else str(exc)
+        raise VQKitError(f"cannot write {target}: {why}; nothing was replaced") from exc
+
+
 def _tensors(model: VQVAE) -> dict[str, torch.Tensor]:
     # clone(): safetensors refuses tensors that share storage (tied weights, views).
     return {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
@@ -76,19 +93,19 @@ def save(
     tensors = _tensors(model)
     if _layout(os.fspath(path), layout) == "file":
         with atomic_path(target) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+            write_safetensors(tensors, tmp, target, meta)
         return target
     config = json.dumps({"model_type": HF_MODEL_TYPE, **model.spec.to_dict()}, indent=2, sort_keys=True)
     if not target.exists():
         with atomic_dir(target) as tmp:
-            save_file(tensors, str(tmp / HF_WEIGHTS), metadata=meta)
+            write_safetensors(tensors, tmp / HF_WEIGHTS, target, meta)
             (tmp / HF_CONFIG).write_text(config + "\n", encoding="utf-8")
         return target
     _check_replaceable(target)
     # An existing folder may hold the user's files (a README for the Hub): replace only our two, each
     # atomically, weights first (they carry the spec, so they are complete on their own).
     with atomic_path(target / HF_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        write_safetensors(tensors, tmp, target / HF_WEIGHTS, meta)
     with atomic_path(target / HF_CONFIG) as tmp:
         tmp.write_text(config + "\n", encoding="utf-8")
     return target

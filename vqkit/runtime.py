@@ -69,6 +69,28 @@ def _resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
     return out
 
 
+# Sizes a real tokenizer stays far below. vqkit.json is read from a folder someone handed us: a larger value is
+# an edited or broken file, refused before it sizes anything (a codebook of 2**31 codes already needs 8 GiB).
+# The codebook's cap also keeps every valid code within int32, so narrowing checked codes never wraps one.
+_MAX_SIZES = {
+    "channels": 1024,
+    "image_size": 1 << 16,
+    "grid": 1 << 16,
+    "codebook_size": 1 << 31,
+    "num_codebooks": 1024,
+}
+
+
+def _size(value: Any, name: str, info_path: Path) -> int:
+    """One size field of vqkit.json, checked as a Python int (no narrowing) against its sane range."""
+    top = _MAX_SIZES[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TokenizerError(f"{info_path}: {name} must be a whole number, got {value!r}")
+    if not 1 <= value <= top:
+        raise TokenizerError(f"{info_path}: {name} must lie in [1, {top}], got {value}")
+    return value
+
+
 # How an ONNX file names an external-data file: a StringStringEntryProto {key: "location", value: PATH}, i.e.
 # field 1 = the 8 bytes "location", then field 2 = the path, length-prefixed (protobuf wire format).
 _LOCATION_ENTRY = b"\n\x08location\x12"
@@ -138,16 +160,17 @@ class Tokenizer:
         self.info: dict[str, Any] = info
         info_path = self.path / METADATA_FILE
         try:
-            self.channels = int(info["channels"])
-            self.image_size = int(info["image_size"])
-            self.grid = (int(info["grid"][0]), int(info["grid"][1]))
-            self.codebook_size = int(info["codebook_size"])
-            self.num_codebooks = int(info.get("num_codebooks", 1))
+            self.channels = _size(info["channels"], "channels", info_path)
+            self.image_size = _size(info["image_size"], "image_size", info_path)
+            grid = info["grid"]
+            if not isinstance(grid, list) or len(grid) != 2:
+                raise TokenizerError(f"{info_path}: grid must be [rows, columns], got {grid!r}")
+            self.grid = (_size(grid[0], "grid", info_path), _size(grid[1], "grid", info_path))
+            self.codebook_size = _size(info["codebook_size"], "codebook_size", info_path)
+            self.num_codebooks = _size(info.get("num_codebooks", 1), "num_codebooks", info_path)
             files = {role: info[role]["file"] for role in ("encoder", "decoder")}
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
+        except (KeyError, TypeError) as exc:
             raise TokenizerError(f"{info_path} lacks a field it needs ({exc!r})") from exc
-        if min(self.channels, self.image_size, *self.grid, self.codebook_size, self.num_codebooks) < 1:
-            raise TokenizerError(f"{info_path} gives a size below 1 (channels, image_size, grid, codebook)")
         h, w = self.grid
         self.codes_shape: tuple[int, ...] = (h, w) if self.num_codebooks == 1 else (h, w, self.num_codebooks)
         self.providers = _resolve_providers(providers)

@@ -126,7 +126,11 @@ class PatchGAN(Objective):
 
     def _build(self, channels: int, device: torch.device) -> None:
         c = self._config
-        net = discriminator(channels, c["width"], c["layers"], c["norm"])
+        # The layers' own default initialisation (overwritten by _init) draws from the global generator. The
+        # net is built on the first batch: at step 0 of a run, at the resumed step of a resumed one, so those
+        # draws would shift every later draw of the run (dead-code restarts) and a resumed run would differ.
+        with torch.random.fork_rng(devices=[]):
+            net = discriminator(channels, c["width"], c["layers"], c["norm"])
         _init(net, c["seed"])
         self.net = net.to(device)
         self.channels = channels

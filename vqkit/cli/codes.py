@@ -42,7 +42,8 @@ def encode_command(
 
     Images are converted to the tokenizer's channels, resized (shorter side) and centre-cropped to its size;
     folders are read recursively in sorted order, and the codes keep the order of the images. Beside
-    OUTPUT (codes.npy) goes codes.json: {"codes": "codes.npy", "images": [path of row 0, row 1, ...], ...}.
+    OUTPUT (codes.npy) goes codes.json: {"codes": "codes.npy", "images": [path of row 0, row 1, ...], ...};
+    a codes.json there that an earlier encode did not write for the same codes file is refused, not replaced.
 
     \b
     Example: vqkit encode tokenizer/ photos/*.png -o codes.npy
@@ -59,6 +60,7 @@ def encode_command(
         raise VQKitError(
             f"give the codes file a .npy name, not {output.name} (the image names go to a .json)"
         )
+    _refuse_foreign_names_file(names_file, output)
     tok = Tokenizer(tokenizer, providers=_providers(provider))
     paths: list[Path] = []
     for item in images:
@@ -146,6 +148,30 @@ def decode_command(
     if grid is not None:
         write_grid(images, grid)
         click.echo(f"grid       {grid}")
+
+
+def _refuse_foreign_names_file(names_file: Path, output: Path) -> None:
+    """The .json beside the codes is named by us, not by the user: replace it only when it is the image
+    list an earlier encode wrote for the same codes file, never a file of the user's that happens to sit there."""
+    from vqkit.errors import VQKitError
+
+    if not names_file.exists() and not names_file.is_symlink():
+        return
+    try:
+        rows = json.loads(names_file.read_text(encoding="utf-8"))
+        ours = (
+            not names_file.is_symlink()
+            and isinstance(rows, dict)
+            and rows.get("codes") == output.name
+            and isinstance(rows.get("images"), list)
+        )
+    except (OSError, ValueError):
+        ours = False
+    if not ours:
+        raise VQKitError(
+            f"{names_file} exists and is not an image list that vqkit encode wrote for {output.name}; "
+            f"the image names would replace it: move it away or give the codes file another name"
+        )
 
 
 def _refuse_existing(paths: list[Path]) -> None:

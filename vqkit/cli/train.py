@@ -99,8 +99,10 @@ def _config(
 def _resumed_config(model_path: str) -> TrainConfig:
     """A resumed run goes on as it was configured (options given now override, e.g. more --steps)."""
     from vqkit.modelfile import read_spec
-    from vqkit.training.checkpoint import load_state, state_path_for
+    from vqkit.training.checkpoint import STATE_NAME, load_state, state_path_for
+    from vqkit.training.rundir import check_resumable
 
+    check_resumable(Path(model_path), STATE_NAME)
     read_spec(model_path)  # a missing or broken model file is the clearer error
     config = TrainConfig.from_json(load_state(state_path_for(model_path))["config"])
     config.out = None

@@ -15,6 +15,11 @@ class DataError(VQKitError):
     """A data source the user named cannot give the images asked for (missing, empty, corrupt, too small)."""
 
 
+class EmptySplitError(DataError):
+    """The data hold no image of the asked split (a folder too small to hold any out): the one case where a run
+    evaluates on training images instead, and says so. Any other problem with the held-out images is an error."""
+
+
 class DataWarning(UserWarning):
     """Something was left out of the data (``skip_bad``), or the data and the run do not fit well; the CLI
     prints it as one ``Warning:`` line."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vqkit.data.common import DataError, DataWarning
+from vqkit.data.common import DataError, DataWarning, EmptySplitError
 from vqkit.errors import VQKitError
 from vqkit.images import IMAGE_SUFFIXES, find_images, read_image
 
@@ -34,7 +34,7 @@ def split_files(folder: Path, files: list[Path], split: str) -> list[Path]:
     want_test = split == "test"
     chosen = [p for p in files if is_held_out(p.relative_to(folder).as_posix()) == want_test]
     if not chosen:
-        raise DataError(
+        raise EmptySplitError(
             f"{folder} has {len(files)} image(s) and none falls in its {split!r} split (about 1 in "
             f"{HOLDOUT_EVERY} is held out for 'test'); use split 'all' (--split all) for a folder this small"
         )

@@ -76,6 +76,27 @@ def check_output(out: Path, prefix: str) -> None:
         )
 
 
+def check_complete(folder: Path) -> None:
+    """Refuse a folder whose manifest says its pack never finished (killed, out of space): its shards hold
+    only the first part of the images, and training on them would look like training on all of them."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # shards someone else wrote, without our manifest: nothing says they are incomplete
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get("format") != FORMAT
+        or manifest.get("complete") is not False
+    ):
+        return
+    source = manifest.get("source")
+    again = f"vqkit data pack {source} -o {folder}" if isinstance(source, str) else "vqkit data pack"
+    raise DataError(
+        f"{folder} holds an interrupted pack ({folder / MANIFEST} says it is incomplete, so its shards lack "
+        f"part of the images); run the pack again to finish it: {again}"
+    )
+
+
 def _write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.partial")
     with open(tmp, "w", encoding="utf-8") as f:  # open(): the user's umask decides the mode
@@ -124,7 +145,14 @@ def pack_folder(
     except OSError as exc:
         raise DataError(f"cannot create {target}: {exc.strerror or exc}") from exc
     result = PackResult(out=target)
-    manifest = {"format": FORMAT, "version": 1, "prefix": prefix, "complete": False, "shards": []}
+    manifest = {
+        "format": FORMAT,
+        "version": 1,
+        "prefix": prefix,
+        "complete": False,  # until the last shard is in place: readers refuse an interrupted pack
+        "source": str(root),
+        "shards": [],
+    }
     _write_text(target / MANIFEST, json.dumps(manifest))
     pending: list[tuple[str, bytes]] = []
     with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:  # Pillow releases the GIL

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vqkit.data.common import DataError
+from vqkit.data.pack import check_complete
 from vqkit.images import IMAGE_SUFFIXES
 
 SHARD_SUFFIX = ".tar"
@@ -58,6 +59,7 @@ def resolve_shards(source: str) -> list[Path]:
         found = sorted(path.glob(f"*{SHARD_SUFFIX}"))
         if not found:
             raise DataError(f"{path} holds no {SHARD_SUFFIX} shards")
+        check_complete(path)
         return found
     shards: list[Path] = []
     for name in expand_braces(os.path.expanduser(source)):
@@ -72,6 +74,8 @@ def resolve_shards(source: str) -> list[Path]:
             shards.append(Path(name))
     if not shards:
         raise DataError(f"the shard pattern {source!r} names no files")
+    for folder in sorted({p.parent for p in shards}):
+        check_complete(folder)
     return shards
 
 

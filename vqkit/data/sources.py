@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vqkit.data.common import DataError, check_split
+from vqkit.data.common import DataError, EmptySplitError, check_split
 from vqkit.data.folder import GREY_MODES, HOLDOUT_EVERY, is_held_out
 from vqkit.data.shards import NameTable, index_shard, looks_like_shards, resolve_shards
 from vqkit.errors import VQKitError
@@ -49,7 +49,7 @@ def _keep(names: list[str], split: str, what: str) -> np.ndarray:
     want_test = split == "test"
     chosen = np.fromiter((is_held_out(n) == want_test for n in names), dtype=bool, count=len(names))
     if not chosen.any():
-        raise DataError(
+        raise EmptySplitError(
             f"{what} has {len(names)} image(s) and none falls in its {split!r} split (about 1 in "
             f"{HOLDOUT_EVERY} is held out for 'test'); use split 'all' (--split all) for data this small"
         )

@@ -3,7 +3,9 @@
 An export's ``vqkit.json`` lists every file the export wrote with its SHA-256 (``manifest``). Re-exporting
 into such a folder replaces it only if nothing else is there and none of those files was changed since; a
 folder holding anything else (a user's notes, a folder of their own, an edited graph) is refused with one line
-naming what is in the way. Nothing is ever deleted that vqkit did not write.
+naming what is in the way. An export made before manifests existed has no checksums: its graph files could
+have been edited without a trace, so such a folder is refused while they are there. Nothing is ever deleted
+that vqkit did not write.
 """
 
 from __future__ import annotations
@@ -97,7 +99,15 @@ def check_target(target: Path) -> None:
             f"{target} is a folder with other files in it; give a new or empty folder (an earlier export "
             f"there, with its {METADATA_FILE}, would be replaced)"
         )
-    foreign, changed = _not_ours(target, _ours(info))
+    ours = _ours(info)
+    unverifiable = sorted(rel for rel, digest in ours.items() if digest is None and (target / rel).exists())
+    if unverifiable:
+        raise ExportError(
+            f"{target} holds an export by an older vqkit that kept no checksums of its files, so vqkit cannot "
+            f"tell whether {_listing(unverifiable)} changed since; move them out (or remove the folder "
+            f"yourself) or give another folder"
+        )
+    foreign, changed = _not_ours(target, ours)
     if foreign or changed:
         what = []
         if foreign:

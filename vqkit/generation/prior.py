@@ -230,14 +230,13 @@ def save_prior(
     prior: CodePrior, path: str | os.PathLike[str], metadata: dict[str, str] | None = None
 ) -> Path:
     """Write the prior to one ``.safetensors`` file atomically (a crash leaves the previous file intact)."""
-    from safetensors.torch import save_file
-
     from vqkit.fileio import atomic_path
+    from vqkit.modelfile import write_safetensors
 
     meta = {FORMAT_KEY: FORMAT_VALUE, SPEC_KEY: prior.spec.to_json(), **(metadata or {})}
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in prior.state_dict().items()}
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        write_safetensors(tensors, tmp, Path(path), meta)
     return Path(path)
 
 

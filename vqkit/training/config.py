@@ -100,9 +100,10 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Check every field; a mistake raises :class:`OptionError` naming the field (``param``)."""
-        for name in ("steps", "batch_size", "log_every"):
+        # eval_images too: every run evaluates at its end, and with no images that came after all the training
+        for name in ("steps", "batch_size", "log_every", "eval_images"):
             _number(self, name, minimum=1, integer=True)
-        for name in ("eval_every", "eval_images", "checkpoint_every", "warmup_steps"):
+        for name in ("eval_every", "checkpoint_every", "warmup_steps"):
             _number(self, name, minimum=0, integer=True)
         _number(self, "lr", minimum=0, open_min=True)
         _number(self, "augment_scale", minimum=0, maximum=1, open_min=True)

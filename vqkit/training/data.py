@@ -26,7 +26,7 @@ import torch
 from vqkit.data import BUILTIN, DataError, load_images
 from vqkit.data.augment import Augment
 from vqkit.data.budget import GIB, default_workers, describe_bytes, memory_budget
-from vqkit.data.common import warn_if_batch_exceeds
+from vqkit.data.common import EmptySplitError, warn_if_batch_exceeds
 from vqkit.data.shards import looks_like_shards
 from vqkit.data.sources import StreamSource
 from vqkit.training.batches import Batches
@@ -150,7 +150,7 @@ def open_training_data(
     if need <= budget:
         why = f" ({describe_bytes(need)} decoded, within {how})"
         if source.kind == "folder":
-            return _in_memory(run, channels, image_size, why)
+            return _in_memory(run, channels, image_size, why, held_as_streamed=True)
         from vqkit.data.stream import decode_first
 
         images = decode_first(source, ch, size, skip_bad=config.skip_bad)
@@ -195,7 +195,7 @@ def _held_out(config: TrainConfig, channels: int, image_size: int) -> HeldOut:
 
     try:
         source, split = open_source(config.data, "test"), "test"
-    except DataError:
+    except EmptySplitError:
         source, split = open_source(config.data, "train"), "train"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # skipped files are reported by the training stream
@@ -219,8 +219,11 @@ def _hold(run: _Run, images: np.ndarray, why: str) -> InMemoryData:
 
 
 def _in_memory(
-    run: _Run, channels: int | None, image_size: int | None, why: str
+    run: _Run, channels: int | None, image_size: int | None, why: str, held_as_streamed: bool = False
 ) -> tuple[TrainingData, HeldOut]:
+    """The training images in memory. ``held_as_streamed``: a folder that could have streamed reads its
+    held-out images as the streamed path does, so both paths evaluate on the same images, and an unreadable
+    one is the same error (or, with skip_bad, the same skip) on both."""
     config = run.config
     kw = dict(
         channels=channels,
@@ -232,11 +235,13 @@ def _in_memory(
     train = load_images(config.data, split="train", **kw)  # type: ignore[arg-type]
     # After the training split, size and channels are known: the held-out images must match them.
     kw.update(channels=train.shape[1], image_size=train.shape[-1])
+    if held_as_streamed:
+        return _hold(run, train, why), _held_out(config, train.shape[1], train.shape[-1])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # skipped files were already reported for the training split
             held = load_images(config.data, split="test", **kw)  # type: ignore[arg-type]
         split = "test"
-    except DataError:
+    except EmptySplitError:  # only a source with nothing held out falls back, and the header says so
         held, split = train, "train"
     return _hold(run, train, why), HeldOut(held[: config.eval_images], split)

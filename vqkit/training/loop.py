@@ -179,7 +179,9 @@ class VQVAETrainer:
         if self.is_main:
             resuming = config.resume and path == Path(config.init_from or "").parent
             hint = f"continue it with `init_from` {path / MODEL_NAME} and `resume`, or choose another `out`"
-            lock = prepare_run_dir(path, resuming=resuming, owned=RUN_FILES, hint=hint)
+            lock = prepare_run_dir(
+                path, resuming=resuming, owned=RUN_FILES, hint=hint, checkpoint=(MODEL_NAME, STATE_NAME)
+            )
         D.barrier()
         return path, lock
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from vqkit.errors import OptionError, VQKitError
+from vqkit.training.configfile import CONFIG_NAME
 
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = ".vqkit-run.lock"
@@ -64,11 +65,30 @@ class RunLock:
             self._file = None
 
 
+def started_here(folder: Path) -> bool:
+    """Whether ``folder``'s ``metrics.jsonl`` is one a vqkit run wrote (its first line is the run's start)."""
+    try:
+        with open(folder / METRICS_NAME, encoding="utf-8") as f:
+            first = json.loads(f.readline())
+    except (OSError, ValueError):
+        return False
+    return isinstance(first, dict) and first.get("event") in ("start", "resume") and "config" in first
+
+
 def prepare_run_dir(
-    path: Path, *, resuming: bool, owned: tuple[str, ...], what: str = "a run", hint: str = ""
+    path: Path,
+    *,
+    resuming: bool,
+    owned: tuple[str, ...],
+    what: str = "a run",
+    hint: str = "",
+    checkpoint: tuple[str, ...] = (),
 ) -> RunLock:
     """Create the folder, take its lock, and refuse to start over another run's files (``owned``: the files a
-    run writes). Temporary files that a killed run left behind (``.NAME.*.tmp`` of those files) are removed."""
+    run writes). Temporary files that a killed run left behind (``.NAME.*.tmp`` of those files) are removed.
+
+    A run that stopped before writing any of ``checkpoint`` (diverged at once, a full disk) left nothing to
+    resume: its folder is started over, or it could be neither continued nor reused."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
@@ -80,7 +100,10 @@ def prepare_run_dir(
     lock.acquire()
     try:
         present = [name for name in owned if (path / name).exists()]
-        if not resuming and present:
+        nothing_to_resume = (
+            bool(checkpoint) and not any((path / n).exists() for n in checkpoint) and started_here(path)
+        )
+        if not resuming and present and not nothing_to_resume:
             found = f" (found {', '.join(present)})"
             raise OptionError(f"{path} already holds {what}{'; ' + hint if hint else ''}{found}", param="out")
         for name in owned:
@@ -123,6 +146,17 @@ class MetricsLog:
     def close(self) -> None:
         for sink in self.sinks:
             sink.close()
+
+
+def check_resumable(model_path: Path, state_name: str) -> None:
+    """A resume of a run that stopped before its first checkpoint: say what to do instead of naming a
+    missing model file."""
+    folder = model_path.parent
+    if not model_path.exists() and not (folder / state_name).exists() and started_here(folder):
+        raise VQKitError(
+            f"the run in {folder} stopped before its first checkpoint, so there is nothing to resume; "
+            f"start it again: vqkit train --config {folder / CONFIG_NAME} -o {folder}"
+        )
 
 
 def _step_of(line: str) -> float:

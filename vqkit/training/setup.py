@@ -9,8 +9,9 @@ from typing import Any
 from vqkit.errors import VQKitError
 from vqkit.model import VQVAE, ModelSpec, build_model
 from vqkit.modelfile import load, read_spec
-from vqkit.training.checkpoint import load_state, state_path_for
+from vqkit.training.checkpoint import STATE_NAME, load_state, state_path_for
 from vqkit.training.config import TrainConfig
+from vqkit.training.rundir import check_resumable
 
 PARTS = ("encoder", "quantizer", "decoder")
 
@@ -48,6 +49,8 @@ def model_and_state(config: TrainConfig) -> tuple[VQVAE | None, dict[str, Any] |
     if not config.init_from:
         return None, None
     path = Path(config.init_from)
+    if config.resume:
+        check_resumable(path, STATE_NAME)
     spec, _ = read_spec(path)
     diffs = model_differences(spec, config.model, config.channels, config.image_size)
     if diffs:
