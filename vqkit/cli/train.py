@@ -68,13 +68,13 @@ def _config(
 ) -> TrainConfig:
     """Defaults < the resumed run's config or a config file < what was given on the command line."""
     from vqkit.options import parse_sets
-    from vqkit.training.configfile import read_config_file
+    from vqkit.training.configfile import load_config
 
     resume, model_path = options.get("resume"), options.get("init_from")
     if resume and model_path:
         config = _resumed_config(model_path)
     elif config_file is not None:
-        config = TrainConfig.from_dict(read_config_file(config_file))
+        config = load_config(config_file)
     else:
         config = TrainConfig()
     names = [n for n in options if n not in MODEL and n not in ("channels", "image_size")]
@@ -98,11 +98,17 @@ def _config(
 
 def _resumed_config(model_path: str) -> TrainConfig:
     """A resumed run goes on as it was configured (options given now override, e.g. more --steps)."""
+    from vqkit.fileio import shown_path
     from vqkit.modelfile import read_spec
     from vqkit.training.checkpoint import load_state, state_path_for
+    from vqkit.training.configfile import in_source
 
     read_spec(model_path)  # a missing or broken model file is the clearer error
-    config = TrainConfig.from_json(load_state(state_path_for(model_path))["config"])
+    state = state_path_for(model_path)
+    try:
+        config = TrainConfig.from_json(load_state(state)["config"])
+    except OptionError as exc:
+        raise in_source(exc, shown_path(state)) from None
     config.out = None
     return config
 
