@@ -140,5 +140,7 @@ def device_name(value: Any, name: str = "device") -> str:
     whether it is there: :func:`vqkit.device.resolve_device` says that."""
     text_value = str(value) if type(value).__name__ == "device" else value
     if not isinstance(text_value, str) or not _DEVICE.match(text_value.strip().lower()):
-        raise _fail(name, "auto, cpu, cuda, cuda:N or mps", value)
+        raise OptionError(
+            f"unknown device {shown(value)} for {name}; use auto, cpu, cuda, cuda:N or mps", param=name
+        )
     return text_value.strip().lower()

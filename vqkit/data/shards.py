@@ -104,7 +104,7 @@ class NameTable:
     without Python objects whose reference counts would touch every page."""
 
     def __init__(self, names: list[str]) -> None:
-        encoded = [n.encode("utf-8") for n in names]
+        encoded = [n.encode("utf-8", "surrogateescape") for n in names]  # names need not be UTF-8
         self._ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
         self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
 
@@ -113,4 +113,4 @@ class NameTable:
 
     def __getitem__(self, i: int) -> str:
         start = int(self._ends[i - 1]) if i > 0 else 0
-        return self._blob[start : int(self._ends[i])].tobytes().decode("utf-8")
+        return self._blob[start : int(self._ends[i])].tobytes().decode("utf-8", "surrogateescape")
