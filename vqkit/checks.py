@@ -141,6 +141,6 @@ def device_name(value: Any, name: str = "device") -> str:
     text_value = str(value) if type(value).__name__ == "device" else value
     if not isinstance(text_value, str) or not _DEVICE.match(text_value.strip().lower()):
         raise OptionError(
-            f"unknown device {shown(value)} for {name}; use auto, cpu, cuda, cuda:N or mps", param=name
+            f"{name} must be auto, cpu, cuda, cuda:N or mps (unknown device {shown(value)})", param=name
         )
     return text_value.strip().lower()

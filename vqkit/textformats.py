@@ -123,11 +123,19 @@ def load_yaml(text: str, where: str) -> Any:
         _expanded_size(node, where)
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise TextFormatError(f"{where} is not valid YAML ({exc})") from None
+        raise TextFormatError(f"{where} is not valid YAML ({_one_line(exc)})") from None
     except RecursionError:
         raise _too_deep(where) from None
     finally:
         loader.dispose()
+
+
+def _one_line(exc: Exception) -> str:
+    """PyYAML's message spans lines (context, a quoted excerpt, a caret): its problem and where, in one."""
+    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(exc).split())
 
 
 def _limited_loader(yaml: Any, where: str) -> type:

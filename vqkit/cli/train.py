@@ -142,14 +142,17 @@ def _summary(result: Any, config: TrainConfig) -> None:
         )
     for warning in result.warnings:
         click.echo(f"warning    {warning}", err=True)
-    click.echo(f"saved      {result.model_path}")
-    click.echo(f"run folder {result.run_dir} (config.toml, metrics.jsonl, recon_*.png, train_state.pt)")
+    from vqkit.fileio import shown_path  # names that are not UTF-8 shown as \xNN: stdout may not take them
+
+    model_path, run_dir = shown_path(result.model_path), shown_path(result.run_dir)
+    click.echo(f"saved      {model_path}")
+    click.echo(f"run folder {run_dir} (config.toml, metrics.jsonl, recon_*.png, train_state.pt)")
     if result.interrupted:
         why = f" by {result.signal_name}" if result.signal_name else ""
         click.echo(
             f"stopped{why} at step {result.step} of {result.steps}; continue with: "
-            f"vqkit train --model {result.model_path} --resume",
+            f"vqkit train --model {model_path} --resume",
             err=True,
         )
         sys.exit(EXIT_CODES.get(result.signal_name or "", 130))
-    click.echo(f"next       vqkit eval {result.model_path} --data {config.data}")
+    click.echo(f"next       vqkit eval {model_path} --data {shown_path(config.data)}")

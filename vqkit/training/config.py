@@ -215,12 +215,6 @@ def check_field(name: str, kind: str, value: Any) -> Any:
 
 
 def _path_field(name: str, value: Any) -> str:
-    """A path as text. A config file written by vqkit holds a name that is not UTF-8 as its bytes in hex."""
-    if isinstance(value, dict) and set(value) == {PATH_BYTES_KEY} and isinstance(value[PATH_BYTES_KEY], str):
-        try:
-            value = bytes.fromhex(value[PATH_BYTES_KEY])
-        except ValueError:
-            raise OptionError(f"{name}.{PATH_BYTES_KEY} must be hex digits", param=name) from None
     return str(checks.path(value, name))
 
 

@@ -42,7 +42,25 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise OptionError(str(exc), param="config") from None
     if not isinstance(data, dict):
         raise OptionError(f"{where} must hold a table of settings at the top level", param="config")
-    return data
+    return _decode_names(data, where)
+
+
+def _decode_names(table: dict[str, Any], where: str) -> dict[str, Any]:
+    """Every ``{path_bytes_hex = "..."}`` (how :func:`write_config_toml` writes a name that is not UTF-8)
+    back to the name, as the OS gives it (text with lone surrogates)."""
+    out = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and set(value) == {PATH_BYTES_KEY}:
+            try:
+                value = os.fsdecode(bytes.fromhex(value[PATH_BYTES_KEY]))
+            except (TypeError, ValueError):
+                raise OptionError(
+                    f"{where}: {key}.{PATH_BYTES_KEY} must be hex digits", param=key, source=where
+                ) from None
+        elif isinstance(value, dict):
+            value = _decode_names(value, where)
+        out[key] = value
+    return out
 
 
 def load_config(path: str | os.PathLike[str], base: TrainConfig | None = None) -> TrainConfig:
