@@ -533,3 +533,28 @@ def test_vqkit_sample_refuses_in_one_line(small: dict[str, Any], args: list[str]
     )
     assert result.exit_code != 0 and _one_error_line(result.output, flag), result.output
     assert not out.exists()
+
+
+def test_careful_values_of_other_types_are_taken_as_meant() -> None:
+    """The check refuses what is wrong, not what is merely spelled differently: numpy scalars, an int for a
+    float, a whole float for an int, a Path for a path, a list for betas."""
+    config = TrainConfig(
+        seed=np.int64(3), lr=np.float32(0.5), steps=40.0, betas=[0.5, 0.9], data=Path("imgs")
+    )
+    assert (config.seed, config.lr, config.steps, config.betas, config.data) == (
+        3,
+        0.5,
+        40,
+        (0.5, 0.9),
+        "imgs",
+    )
+    assert type(config.seed) is int and type(config.steps) is int and type(config.lr) is float
+
+
+def test_vqkit_prior_train_refuses_a_huge_seed_in_one_line(small: dict[str, Any]) -> None:
+    out = small["root"] / "prior-run"
+    result = CliRunner().invoke(
+        cli, ["prior", "train", str(small["path"]), "-o", str(out), "--seed", str(2**70)]
+    )
+    assert result.exit_code != 0 and _one_error_line(result.output, "--seed"), result.output
+    assert not out.exists()

@@ -9,6 +9,7 @@ runtime side may use it too.
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -20,6 +21,10 @@ from vqkit.errors import OptionError
 # Seeds feed torch generators after being mixed with a step or epoch (seed * 1_000_003 + n must stay inside a
 # 64-bit integer); 32 bits is also what numpy and most tools accept as a seed.
 MAX_SEED = 2**32 - 1
+try:  # numpy's bool is no bool subclass, but no more a number than True is
+    from numpy import bool_ as np_bool
+except ImportError:  # pragma: no cover - numpy is a dependency; the guard keeps this module import-light
+    np_bool = bool  # type: ignore[assignment,misc]
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d{1,4})?)$")
 
 
@@ -34,11 +39,14 @@ def _fail(name: str, what: str, value: Any) -> OptionError:
 
 
 def integer(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """An int (not a bool; a float only when it is a whole number) within ``minimum..maximum``."""
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
+    """An int (not a bool; numpy's ints too; a float only when it is a whole number) within
+    ``minimum..maximum``."""
+    if isinstance(value, numbers.Real) and not isinstance(value, numbers.Integral):
+        if math.isfinite(value) and float(value).is_integer():
+            value = int(value)
+    if isinstance(value, (bool, np_bool)) or not isinstance(value, numbers.Integral):
         raise _fail(name, "an integer", value)
+    value = int(value)
     if minimum is not None and value < minimum:
         raise _fail(name, f"at least {minimum}", value)
     if maximum is not None and value > maximum:
@@ -59,7 +67,7 @@ def number(
     open_min: bool = False,
 ) -> float:
     """A finite int or float (not a bool) above (``open_min``) or at least ``minimum``, at most ``maximum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, (bool, np_bool)) or not isinstance(value, numbers.Real):
         raise _fail(name, "a number", value)
     try:
         value = float(value)
