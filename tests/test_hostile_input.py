@@ -558,3 +558,19 @@ def test_vqkit_prior_train_refuses_a_huge_seed_in_one_line(small: dict[str, Any]
     )
     assert result.exit_code != 0 and _one_error_line(result.output, "--seed"), result.output
     assert not out.exists()
+
+
+def test_a_decompression_bomb_is_refused_from_its_header_and_skipped_with_a_line(tmp_path: Path) -> None:
+    """A 1-bit PNG of 9000 x 9000 pixels takes a few KB on disk and would decode to 243 MB of RGB."""
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    _image_folder(folder, n=12)
+    Image.new("1", (9000, 9000)).save(folder / "bomb.png")
+    assert (folder / "bomb.png").stat().st_size < 100_000
+    with pytest.raises(VQKitError, match=r"bomb\.png: it claims 9000x9000 pixels"):
+        load_images(str(folder), split="all", image_size=8)
+    with pytest.warns(UserWarning, match=r"skipped 1 of 13 image.*bomb\.png"):
+        assert len(load_images(str(folder), split="all", image_size=8, skip_bad=True)) == 12
+    result = pack_folder(folder, tmp_path / "shards", skip_bad=True)
+    assert result.images == 12 and result.skipped[0][0] == "bomb.png"
