@@ -574,3 +574,23 @@ def test_a_decompression_bomb_is_refused_from_its_header_and_skipped_with_a_line
         assert len(load_images(str(folder), split="all", image_size=8, skip_bad=True)) == 12
     result = pack_folder(folder, tmp_path / "shards", skip_bad=True)
     assert result.images == 12 and result.skipped[0][0] == "bomb.png"
+
+
+def test_a_truncated_shard_is_refused_never_half_read(tmp_path: Path) -> None:
+    """Cut anywhere, a shard is either refused naming it or still read whole (a cut in the end padding)."""
+    from vqkit.data.shards import index_shard
+
+    _image_folder(tmp_path / "imgs", n=30)
+    shard = pack_folder(tmp_path / "imgs", tmp_path / "shards").shards[0]
+    data = shard.read_bytes()
+    cut = tmp_path / "cut.tar"
+    for length in range(512, len(data), 101):
+        cut.write_bytes(data[:length])
+        try:
+            assert len(index_shard(cut)) == 30, length
+        except VQKitError as exc:
+            assert "shard" in str(exc) and "cut.tar" in str(exc), str(exc)  # "is truncated", "cannot read"
+    shard.write_bytes(data[: len(data) // 2])
+    result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "shards"), "-o", str(tmp_path / "r")])
+    assert result.exit_code == 1 and _one_error_line(result.output, "is truncated"), result.output
+    assert not (tmp_path / "r").exists()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from vqkit.data.common import DataError
+from vqkit.fileio import shown_path
 from vqkit.images import IMAGE_SUFFIXES
 
 SHARD_SUFFIX = ".tar"
@@ -90,13 +91,29 @@ def index_shard(path: Path) -> list[tuple[int, int, str]]:
             for m in tar:
                 if m.isreg() and os.path.splitext(m.name)[1].lower() in IMAGE_SUFFIXES:
                     members.append((m.offset_data, m.size, m.name))
+            end = tar.offset  # where reading stopped: the end-of-archive marker, in a whole shard
     except (tarfile.TarError, OSError) as exc:
-        raise DataError(f"cannot read shard {path}: {exc}") from exc
+        raise DataError(f"cannot read shard {shown_path(path)}: {exc}") from exc
     size = path.stat().st_size
     for offset, length, name in members:
         if offset + length > size:
-            raise DataError(f"shard {path} is truncated: member {name!r} runs past its end")
+            raise DataError(f"shard {shown_path(path)} is truncated: member {name!r} runs past its end")
+    if not _ends_whole(path, end, size):
+        # tarfile stops quietly at a header cut short: without this a shard cut in half trains on half
+        raise DataError(
+            f"shard {shown_path(path)} is truncated: it stops after {len(members)} image(s) without the end "
+            "of a tar archive (an interrupted copy?); copy or pack it again, or leave it out"
+        )
     return members
+
+
+def _ends_whole(path: Path, end: int, size: int) -> bool:
+    """Whether the tar archive has its end-of-archive marker (a zero block) where its members end."""
+    if size - end < tarfile.BLOCKSIZE:
+        return False
+    with open(path, "rb") as f:
+        f.seek(end)
+        return f.read(tarfile.BLOCKSIZE) == bytes(tarfile.BLOCKSIZE)
 
 
 class NameTable:
