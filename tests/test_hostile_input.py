@@ -27,6 +27,7 @@ from vqkit.data import load_images
 from vqkit.data.pack import pack_folder
 from vqkit.errors import ModelFileError, OptionError, VQKitError
 from vqkit.evaluate import evaluate, reconstruct
+from vqkit.export import export
 from vqkit.generation import (
     CodePrior,
     PriorSpec,
@@ -456,6 +457,14 @@ def _api_cases() -> list[Any]:
         ("reconstruct-model-str", "reconstruct", {"model": "m"}, "model"),
         ("load_images-skip_bad-str", "load_images", {"skip_bad": "no"}, "skip_bad"),
         ("load_images-image_size-x", "load_images", {"image_size": "x"}, "image_size"),
+        ("export-out_dir-None", "export", {"out_dir": None}, "out_dir"),
+        ("export-num_images-x", "export", {"num_images": "x"}, "num_images"),
+        ("export-num_images-0", "export", {"num_images": 0}, "num_images"),
+        ("export-tolerance-nan", "export", {"tolerance": NAN}, "tolerance"),
+        ("export-tie_tolerance-negative", "export", {"tie_tolerance": -1.0}, "tie_tolerance"),
+        ("export-format-5", "export", {"format": 5}, "format"),
+        ("export-options-list", "export", {"options": [1]}, "options"),
+        ("export-validate-str", "export", {"validate": "no"}, "validate"),
         ("TrainConfig-data-5", "TrainConfig", {"data": 5}, "data"),
         ("TrainConfig-seed-2**70", "TrainConfig", {"seed": 2**70}, "seed"),
     ]
@@ -480,6 +489,7 @@ def _call(small: dict[str, Any], fn: str, kwargs: dict[str, Any]) -> Any:
         "reconstruct": lambda: reconstruct(**{"model": m, "images": x, **kwargs}),
         "load_images": lambda: load_images(str(small["images"]), **kwargs),
         "TrainConfig": lambda: TrainConfig(**kwargs),
+        "export": lambda: export(**{"model_or_path": m, "out_dir": small["root"] / "exp", **kwargs}),
     }
     return calls[fn]()
 
