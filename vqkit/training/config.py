@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
@@ -215,7 +216,9 @@ def check_field(name: str, kind: str, value: Any) -> Any:
 
 
 def _path_field(name: str, value: Any) -> str:
-    return str(checks.path(value, name))
+    """A path (or data source) as text, kept as written: a pattern or a name is not a Path to normalise."""
+    checks.path(value, name)
+    return value if isinstance(value, str) else os.fsdecode(value)
 
 
 def _betas(value: Any) -> tuple[float, float]:
