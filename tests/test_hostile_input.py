@@ -604,3 +604,21 @@ def test_a_truncated_shard_is_refused_never_half_read(tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["train", "--data", str(tmp_path / "shards"), "-o", str(tmp_path / "r")])
     assert result.exit_code == 1 and _one_error_line(result.output, "is truncated"), result.output
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (["build", "--seed", str(2**70)], "--seed"),
+        (["build", "--seed", "9300000000000"], "--seed"),
+        (["export", "{model}", "-o", "{out}", "--tolerance", "nan"], "--tolerance"),
+        (["export", "{model}", "-o", "{out}", "--tie-tolerance", "inf"], "--tie-tolerance"),
+    ],
+)
+def test_any_command_names_its_flag_for_a_library_refusal(
+    small: dict[str, Any], tmp_path: Path, command: list[str], flag: str
+) -> None:
+    args = [a.format(model=small["path"], out=tmp_path / "exp") for a in command]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and _one_error_line(result.output, flag), result.output
+    assert not (tmp_path / "exp").exists()
