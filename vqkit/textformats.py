@@ -27,7 +27,7 @@ class TextFormatError(VQKitError, ValueError):
 def decode(data: bytes, where: str) -> str:
     """UTF-8 text, with or without a byte-order mark; refused beyond :data:`MAX_BYTES`."""
     if len(data) > MAX_BYTES:
-        raise TextFormatError(f"{where} is {len(data):,} bytes; a config holds at most {MAX_BYTES:,}")
+        raise TextFormatError(f"{where} is over {MAX_BYTES:,} bytes, more than any config holds")
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:

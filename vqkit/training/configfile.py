@@ -24,7 +24,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     limits of :mod:`vqkit.textformats` (size, nesting, YAML aliases); a byte-order mark is fine."""
     p = checks.path(path, "config")
     try:
-        raw = p.read_bytes()
+        with open(p, "rb") as f:  # no more than the limit: a config named /dev/zero must not read forever
+            raw = f.read(textformats.MAX_BYTES + 1)
     except FileNotFoundError:
         raise OptionError(f"no such config file: {shown_path(p)}", param="config") from None
     except OSError as exc:
