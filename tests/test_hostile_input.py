@@ -625,3 +625,9 @@ def test_any_command_names_its_flag_for_a_library_refusal(
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and _one_error_line(result.output, flag), result.output
     assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_an_endless_config_file_is_refused_after_the_size_limit() -> None:
+    with pytest.raises(OptionError, match="/dev/zero is over 1,048,576 bytes"):
+        load_config("/dev/zero")
