@@ -57,7 +57,7 @@ def test_top_k_and_temperature_shape_the_draw() -> None:
     assert len(hot.unique()) > len(cold.unique())
     with pytest.raises(OptionError, match="temperature"):
         sample_codes(prior, 2, temperature=0)
-    with pytest.raises(OptionError, match="top-k"):
+    with pytest.raises(OptionError, match="top_k"):
         sample_codes(prior, 2, top_k=33)
 
 
@@ -82,7 +82,7 @@ def test_interpolation_ends_reconstruct_the_inputs() -> None:
     assert not torch.equal(steps[0], steps[-1])
     # On the way the codes change: some middle step differs from both ends.
     assert any(not torch.equal(s, steps[0]) and not torch.equal(s, steps[-1]) for s in steps[1:-1])
-    with pytest.raises(OptionError, match="at least 2 steps"):
+    with pytest.raises(OptionError, match="steps must be at least 2"):
         interpolate(model, x[0], x[1], steps=1)
     with pytest.raises(ShapeError, match=r"expected images \[B, 1, H, W\]"):
         interpolate(model, torch.zeros(3, 32, 32), x[1])

@@ -7,12 +7,14 @@ from collections.abc import Iterator
 
 import torch
 
+from vqkit import checks
 from vqkit.errors import OptionError
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA, then MPS, then CPU; anything asked for that is not there is a clear error."""
-    name = (name or "auto").strip().lower()
+def resolve_device(name: str | torch.device | None) -> torch.device:
+    """``auto`` picks CUDA, then MPS, then CPU; anything asked for that is not there is a clear error
+    (an :class:`OptionError` about the parameter ``device``)."""
+    name = checks.device_name("auto" if name is None or name == "" else name)
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -22,26 +24,30 @@ def resolve_device(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):
-        raise OptionError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise OptionError(
+            f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps", param="device"
+        ) from None
     if device.type == "cpu":
         return device
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise OptionError(
-                "--device cuda: no CUDA GPU is visible to PyTorch here; use --device cpu or auto"
+                "device cuda: no CUDA GPU is visible to PyTorch here; use cpu or auto", param="device"
             )
         count = torch.cuda.device_count()
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= count:
-            raise OptionError(f"--device {name}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})")
+            raise OptionError(
+                f"device {name}: only {count} CUDA device(s) here (cuda:0..cuda:{count - 1})", param="device"
+            )
         return torch.device("cuda", index)
     if device.type == "mps":
         if not _mps_available():
             raise OptionError(
-                "--device mps: Apple's MPS backend is not available here; use --device cpu or auto"
+                "device mps: Apple's MPS backend is not available here; use cpu or auto", param="device"
             )
         return device
-    raise OptionError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps")
+    raise OptionError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps", param="device")
 
 
 def _mps_available() -> bool:

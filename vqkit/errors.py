@@ -33,11 +33,13 @@ class PluginLoadError(VQKitError):
 
 class OptionError(VQKitError):
     """A bad option value. ``param`` names the parameter (``lr``, ``latent_dim``) so that a front end can say it
-    in its own terms (the CLI names the flag)."""
+    in its own terms (the CLI names the flag). ``source`` names the file the value came from (a config file),
+    where the message names the field as that file spells it."""
 
-    def __init__(self, message: str, *, param: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, source: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+        self.source = source
 
 
 class ModelFileError(VQKitError):

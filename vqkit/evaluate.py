@@ -17,11 +17,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from vqkit.errors import ShapeError
+from vqkit import checks
+from vqkit.errors import OptionError, ShapeError
 from vqkit.images import to_float, write_grid
 from vqkit.model import VQVAE
 from vqkit.pixels import psnr, to_uint8
 from vqkit.pixels import to_float as pixel_float
+
+MAX_BATCH = 2**20  # images per forward pass; beyond it a typo would only exhaust memory
 
 
 def _as_float_batch(images: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -38,6 +41,7 @@ def reconstruct(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Images (uint8 0..255 or float [-1, 1], ``[N, C, H, W]``) -> (codes, reconstructions in [-1, 1]),
     both on the model's device."""
+    batch_size = _check_model_args(model, images, batch_size)
     device = next(model.parameters()).device
     if len(images) == 0:
         raise ShapeError("no images to reconstruct")
@@ -54,6 +58,17 @@ def reconstruct(
     finally:
         model.train(was_training)
     return torch.cat(codes), torch.cat(recons)
+
+
+def _check_model_args(model: Any, images: Any, batch_size: Any) -> int:
+    if not isinstance(model, VQVAE):
+        raise OptionError(f"model must be a vqkit VQVAE, got {type(model).__name__}", param="model")
+    if not isinstance(images, (np.ndarray, torch.Tensor)):
+        raise OptionError(
+            f"images must be a numpy array or tensor [N, C, H, W], got {type(images).__name__}",
+            param="images",
+        )
+    return checks.integer(batch_size, "batch_size", minimum=1, maximum=MAX_BATCH)
 
 
 def _perceptual(lpips: bool | str | None, device: torch.device) -> torch.nn.Module | None:
@@ -102,6 +117,7 @@ def evaluate(
     ``lpips``: ``"auto"`` measures it when the ``lpips`` objective's default weight file exists, True (or a
     weight file's path) requires it, None/False leaves it out.
     """
+    batch_size = _check_model_args(model, images, batch_size)
     device = next(model.parameters()).device
     perceptual = _perceptual(lpips, device)
     ssim_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -161,6 +177,8 @@ def evaluate_source(
     from vqkit.device import resolve_device
     from vqkit.modelfile import load, read_spec
 
+    checks.optional_integer(limit, "limit", minimum=1)
+    checks.integer(batch_size, "batch_size", minimum=1, maximum=MAX_BATCH)
     spec, _ = read_spec(model_path)
     dev = resolve_device(device)
     images = load_images(

@@ -27,6 +27,12 @@ def _describe(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path as a message shows it: bytes of a name that are not UTF-8 as ``\\xNN``, so that printing it
+    never fails (the OS gives such names as text with lone surrogates, which no terminal can encode)."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "backslashreplace")
+
+
 def current_umask() -> int:
     """The process umask, read without changing it where the OS allows (Linux), else by setting it back."""
     try:

@@ -26,6 +26,10 @@ def _pil():
 # Modes that hold more than 8 bits a pixel: Pillow's convert() to "L"/"RGB" would clip them at 255.
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+# Pixels of one image, checked on its header before anything is decoded: 8192 x 8192 is the largest image read.
+# A few KB of PNG can claim far more (a decompression bomb); Pillow only refuses beyond about 179M pixels, and
+# a data loader decoding several at once must not take gigabytes for files that are not training images.
+MAX_PIXELS = 8192 * 8192
 
 
 def _eight_bit(im, name: str):
@@ -68,6 +72,12 @@ def open_image(source, channels: int, name: str | None = None):
         raise VQKitError(f"cannot convert images to {channels} channels (use 1, 3 or 4)")
     try:
         with Image.open(source) as im:
+            w, h = im.size
+            if w * h > MAX_PIXELS:
+                raise VQKitError(
+                    f"cannot read image {label}: it claims {w}x{h} pixels, more than the {MAX_PIXELS:,} "
+                    "vqkit decodes (8192x8192); a decompression bomb, or a picture to scale down first"
+                )
             im.load()
             return _eight_bit(im, label).convert(mode)
     except VQKitError:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit import pixels, presets
+from vqkit import checks, pixels, presets
 from vqkit._version import __version__
 from vqkit.contracts import Quantized
 from vqkit.discovery import load_plugins
@@ -306,7 +306,19 @@ def _check_sizes(channels: Any, image_size: Any, latent_dim: Any, codebook_size:
     )
     problem = spec_problem(fields)
     if problem:
-        raise OptionError(problem)
+        first = problem.split()[0]
+        raise OptionError(problem, param=first if first in fields else None)
+
+
+def _check_build_args(names: dict[str, Any], options: dict[str, Any], seed: Any) -> None:
+    """The types of build_model's arguments (sizes are checked with the spec's limits, values by each
+    component), so a wrong one is an :class:`OptionError` naming it rather than a TypeError from inside."""
+    for name, value in names.items():
+        if value is not None:
+            checks.text(value, name)
+    for name, value in options.items():
+        checks.mapping(value, name)
+    checks.optional_seed(seed)
 
 
 def build_model(
@@ -334,10 +346,13 @@ def build_model(
     given to encoder and decoder. ``decoder=None``: the decoder named like the encoder. ``seed`` makes
     initial weights repeatable.
     """
+    names = {"encoder": encoder, "quantizer": quantizer, "decoder": decoder, "preset": preset}
+    parts = {"encoder_options": encoder_options, "quantizer_options": quantizer_options}
+    parts["decoder_options"] = decoder_options
+    _check_build_args(names, parts, seed)
     load_plugins()
     given = {"encoder": encoder, "quantizer": quantizer, "decoder": decoder}
-    given.update(encoder_options=encoder_options, quantizer_options=quantizer_options)
-    given.update(decoder_options=decoder_options, latent_dim=latent_dim, codebook_size=codebook_size)
+    given.update(parts, latent_dim=latent_dim, codebook_size=codebook_size)
     settings = presets.apply(preset, given)
     _check_sizes(channels, image_size, settings.get("latent_dim"), settings.get("codebook_size"))
     encoder = settings.get("encoder") or DEFAULT_ENCODER
@@ -457,6 +472,9 @@ def build_from_spec(spec: ModelSpec, *, seed: int | None = None, dry_run: bool =
     """Rebuild the (untrained) model a spec describes, with the options it recorded.
 
     The returned model's spec keeps ``spec``'s user-set options and records the resolved ones anew."""
+    if not isinstance(spec, ModelSpec):
+        raise OptionError(f"spec must be a vqkit ModelSpec, got {type(spec).__name__}", param="spec")
+    checks.optional_seed(seed)
     load_plugins()
     problem = spec_problem(vars(spec))
     if problem:

@@ -22,12 +22,15 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from vqkit import checks
+from vqkit.device import resolve_device
 from vqkit.discovery import load_plugins
-from vqkit.errors import ModelFileError, VQKitError
+from vqkit.errors import ModelFileError, OptionError, VQKitError
 from vqkit.fileio import atomic_dir, atomic_path
 from vqkit.model import VQVAE, build_from_spec, expected_state_shapes
 from vqkit.registry import REGISTRIES
 from vqkit.spec import PARTS, ModelSpec
+from vqkit.textformats import load_json
 
 FORMAT_KEY = "format"
 FORMAT_VALUE = "vqkit.model"
@@ -69,8 +72,7 @@ def _tensors(model: VQVAE) -> dict[str, torch.Tensor]:
 
 
 def _layout(path: str, layout: str) -> str:
-    if layout not in LAYOUTS:
-        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    checks.text(layout, "layout", choices=LAYOUTS)
     if layout != "auto":
         return layout
     return "hf" if path.endswith(("/", os.sep)) or Path(path).is_dir() else "file"
@@ -88,7 +90,10 @@ def save(
     ``layout="file"``: one ``.safetensors`` file; ``"hf"``: a folder with ``config.json`` and
     ``model.safetensors``; ``"auto"`` (default): a folder when ``path`` ends with a separator or is an existing
     folder, else a file. Returns the path written."""
-    target = Path(path)
+    if not isinstance(model, VQVAE):
+        raise OptionError(f"model must be a vqkit VQVAE, got {type(model).__name__}", param="model")
+    target = checks.path(path, "path")
+    _check_metadata(metadata)
     meta = {FORMAT_KEY: FORMAT_VALUE, SPEC_KEY: model.spec.to_json(), **(metadata or {})}
     tensors = _tensors(model)
     if _layout(os.fspath(path), layout) == "file":
@@ -109,6 +114,21 @@ def save(
     with atomic_path(target / HF_CONFIG) as tmp:
         tmp.write_text(config + "\n", encoding="utf-8")
     return target
+
+
+def _check_metadata(metadata: Any) -> None:
+    """Extra metadata is text to text (what safetensors stores), and may not replace the spec."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()
+    ):
+        raise OptionError(
+            f"metadata must be a dict of text to text, got {checks.shown(metadata)}", param="metadata"
+        )
+    taken = sorted({FORMAT_KEY, SPEC_KEY} & set(metadata))
+    if taken:
+        raise OptionError(f"metadata may not set {', '.join(taken)}: vqkit writes it", param="metadata")
 
 
 def _check_replaceable(folder: Path) -> None:
@@ -155,7 +175,7 @@ def _read_file_spec(path: Path) -> tuple[ModelSpec, dict[str, str], dict[str, tu
             f"{path} is a safetensors file but not a vqkit model (no vqkit spec in its metadata)"
         )
     try:
-        data = json.loads(meta[SPEC_KEY])
+        data = load_json(meta[SPEC_KEY], "its spec")
     except ValueError as exc:
         raise ModelFileError(f"{path}: its vqkit spec is corrupt ({exc})") from exc
     return _parse_spec(path, data), meta, shapes
@@ -168,7 +188,7 @@ def _read_folder_spec(folder: Path) -> tuple[ModelSpec, dict[str, str], dict[str
             f"{folder} is a folder but not a vqkit model: a model folder holds {HF_CONFIG} and {HF_WEIGHTS}"
         )
     try:
-        data = json.loads(config.read_text(encoding="utf-8"))
+        data = load_json(config.read_text(encoding="utf-8-sig"), "it")
     except (OSError, ValueError) as exc:
         raise ModelFileError(f"{config} is not readable JSON ({exc})") from exc
     if not isinstance(data, dict) or data.get("model_type") != HF_MODEL_TYPE:
@@ -181,7 +201,7 @@ def _read_folder_spec(folder: Path) -> tuple[ModelSpec, dict[str, str], dict[str
 
 
 def _read(path: str | os.PathLike[str]) -> tuple[ModelSpec, dict[str, str], dict[str, tuple[int, ...]], Path]:
-    p = Path(path)
+    p = checks.path(path, "path")
     if not p.exists():
         raise ModelFileError(f"no such model file: {p}")
     if p.is_dir():
@@ -266,8 +286,11 @@ def _check_tensors(path: Path, spec: ModelSpec, stored: dict[str, tuple[int, ...
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> VQVAE:
-    """Rebuild a model from a vqkit model file or folder (either layout), weights included, in eval mode."""
+    """Rebuild a model from a vqkit model file or folder (either layout), weights included, in eval mode.
+    ``device``: cpu (default), cuda, cuda:N, mps or auto; one that is not here is an :class:`OptionError`."""
+    dev = resolve_device(device)
     spec, _, shapes, weights = _read(path)
+    path = checks.path(path, "path")
     load_plugins()
     error = _missing_components(Path(path), spec)
     if error is not None:
@@ -282,4 +305,4 @@ def load(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> VQ
         model.load_state_dict(state, strict=True)
     except Exception as exc:
         raise ModelFileError(f"{path}: weights do not fit the model its spec describes ({exc})") from exc
-    return model.to(device).eval()
+    return model.to(dev).eval()

@@ -202,6 +202,8 @@ class Tokenizer:
             raise TokenizerError(
                 f"{self.path} has no {METADATA_FILE}; is it a `vqkit export` folder?"
             ) from None
+        except RecursionError:  # nesting no export writes
+            raise TokenizerError(f"{info_path} nests too deeply to be a vqkit export") from None
         except (OSError, ValueError) as exc:
             raise TokenizerError(f"{info_path} is not readable JSON ({exc})") from exc
         if not isinstance(info, dict) or info.get("format") != "vqkit.export":

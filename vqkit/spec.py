@@ -73,7 +73,9 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
-        return cls.from_dict(json.loads(text))
+        from vqkit.textformats import load_json
+
+        return cls.from_dict(load_json(text, "the spec"))
 
     def options(self, part: str) -> dict[str, Any]:
         """The options ``part`` is built with: the resolved ones, with the user-set ones on top."""

@@ -61,4 +61,8 @@ def pack_command(folder: str, out: str, shard_size: int, prefix: str, skip_bad: 
         warnings.warn(
             f"left out {len(result.skipped)} unreadable image(s), e.g. {why}", DataWarning, stacklevel=1
         )
-    click.echo(f"packed {result.images} images into {len(result.shards)} shard(s) in {result.out}")
+    from vqkit.fileio import shown_path
+
+    click.echo(
+        f"packed {result.images} images into {len(result.shards)} shard(s) in {shown_path(result.out)}"
+    )

@@ -180,9 +180,14 @@ def sample(
         rows = vq.encode(x)[:, :keep]
         codes_prefix = rows.expand(n, *rows.shape[1:])
         shown = _dim_below(picture, keep * (vq.spec.image_size // h))  # type: ignore[arg-type]
-    images = sample_images(
-        vq, prior, n, temperature=temperature, top_k=top_k, seed=seed, device=device, prefix=codes_prefix
-    ).numpy()
+    flags = {"temperature": "--temperature", "top_k": "--top-k", "seed": "--seed", "n": "--num"}
+    flags.update(device="--device", prior="--prior")
+    try:
+        images = sample_images(
+            vq, prior, n, temperature=temperature, top_k=top_k, seed=seed, device=device, prefix=codes_prefix
+        ).numpy()
+    except OptionError as exc:
+        raise as_flags(exc, flags) from None
     if shown is not None:  # the sheet starts with the prefix image, the rows that were kept bright
         images = np.concatenate([shown, to_uint8(images)])
     write_grid(images, output, nrow=nrow, scale=scale)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from vqkit._version import __version__
-from vqkit.errors import DuplicateComponentError, PluginLoadError, VQKitError
+from vqkit.errors import DuplicateComponentError, OptionError, PluginLoadError, VQKitError
 
 
 class VQKitGroup(click.Group):
@@ -19,12 +19,32 @@ class VQKitGroup(click.Group):
         try:
             return super().invoke(ctx)
         except VQKitError as exc:
-            raise click.ClickException(_cli_message(exc)) from None
+            raise click.ClickException(_cli_message(exc, ctx)) from None
 
 
-def _cli_message(exc: VQKitError) -> str:
+def _flags(ctx: click.Context) -> dict[str, str]:
+    """Parameter name -> long flag, for the command being run (and, for a group, its subcommands)."""
+    name = ctx.invoked_subcommand
+    command = ctx.command.get_command(ctx, name) if name and isinstance(ctx.command, click.Group) else None
+    commands = [command] if command is not None else []
+    if isinstance(command, click.Group):
+        commands += [command.get_command(ctx, n) for n in command.list_commands(ctx)]
+    flags: dict[str, str] = {}
+    for cmd in commands:
+        for param in getattr(cmd, "params", []):
+            longs = [o for o in param.opts if o.startswith("--")] if isinstance(param, click.Option) else []
+            if longs and param.name:
+                flags.setdefault(param.name, longs[0])
+    return flags
+
+
+def _cli_message(exc: VQKitError, ctx: click.Context | None = None) -> str:
     """The library's message, with what to do said in flags where the library names a Python parameter."""
     clash = exc.cause if isinstance(exc, PluginLoadError) else None
+    if isinstance(exc, OptionError) and ctx is not None and exc.param and not exc.source:
+        from vqkit.cli.options import as_flags
+
+        return as_flags(exc, _flags(ctx)).message
     if not isinstance(clash, DuplicateComponentError):
         return str(exc)
     text = f"plugin {exc.source} failed to load: {clash.clash}"

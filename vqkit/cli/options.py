@@ -129,6 +129,8 @@ def as_flags(exc: OptionError, flags: dict[str, str]) -> click.ClickException:
     import re
 
     message = str(exc)
+    if getattr(exc, "source", None):  # about a file: its fields are named as the file spells them
+        return click.ClickException(message)
     param = getattr(exc, "param", None)
     if param and param in flags and message.startswith(param):
         message = flags[param] + message[len(param) :]

@@ -68,13 +68,13 @@ def _config(
 ) -> TrainConfig:
     """Defaults < the resumed run's config or a config file < what was given on the command line."""
     from vqkit.options import parse_sets
-    from vqkit.training.configfile import read_config_file
+    from vqkit.training.configfile import load_config
 
     resume, model_path = options.get("resume"), options.get("init_from")
     if resume and model_path:
         config = _resumed_config(model_path)
     elif config_file is not None:
-        config = TrainConfig.from_dict(read_config_file(config_file))
+        config = load_config(config_file)
     else:
         config = TrainConfig()
     names = [n for n in options if n not in MODEL and n not in ("channels", "image_size")]
@@ -98,13 +98,19 @@ def _config(
 
 def _resumed_config(model_path: str) -> TrainConfig:
     """A resumed run goes on as it was configured (options given now override, e.g. more --steps)."""
+    from vqkit.fileio import shown_path
     from vqkit.modelfile import read_spec
     from vqkit.training.checkpoint import STATE_NAME, load_state, state_path_for
+    from vqkit.training.configfile import in_source
     from vqkit.training.rundir import check_resumable
 
     check_resumable(Path(model_path), STATE_NAME)
     read_spec(model_path)  # a missing or broken model file is the clearer error
-    config = TrainConfig.from_json(load_state(state_path_for(model_path))["config"])
+    state = state_path_for(model_path)
+    try:
+        config = TrainConfig.from_json(load_state(state)["config"])
+    except OptionError as exc:
+        raise in_source(exc, shown_path(state)) from None
     config.out = None
     return config
 
@@ -138,14 +144,17 @@ def _summary(result: Any, config: TrainConfig) -> None:
         )
     for warning in result.warnings:
         click.echo(f"warning    {warning}", err=True)
-    click.echo(f"saved      {result.model_path}")
-    click.echo(f"run folder {result.run_dir} (config.toml, metrics.jsonl, recon_*.png, train_state.pt)")
+    from vqkit.fileio import shown_path  # names that are not UTF-8 shown as \xNN: stdout may not take them
+
+    model_path, run_dir = shown_path(result.model_path), shown_path(result.run_dir)
+    click.echo(f"saved      {model_path}")
+    click.echo(f"run folder {run_dir} (config.toml, metrics.jsonl, recon_*.png, train_state.pt)")
     if result.interrupted:
         why = f" by {result.signal_name}" if result.signal_name else ""
         click.echo(
             f"stopped{why} at step {result.step} of {result.steps}; continue with: "
-            f"vqkit train --model {result.model_path} --resume",
+            f"vqkit train --model {model_path} --resume",
             err=True,
         )
         sys.exit(EXIT_CODES.get(result.signal_name or "", 130))
-    click.echo(f"next       vqkit eval {result.model_path} --data {config.data}")
+    click.echo(f"next       vqkit eval {model_path} --data {shown_path(config.data)}")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vqkit import checks
 from vqkit.data.common import (
     SPLITS,
     DataError,
@@ -103,7 +104,13 @@ def load_images(
     (with one :class:`DataWarning` giving the count) instead of failing.
     Every problem a user can cause raises :class:`DataError` (a ``VQKitError``) with one clear message.
     """
+    if not isinstance(source, (str, os.PathLike)) or not str(source):
+        raise DataError(f"source must be a dataset name or a folder, got {checks.shown(source)}")
     check_split(split)
+    checks.optional_integer(channels, "channels")
+    checks.optional_integer(image_size, "image_size")
+    checks.boolean(download, "download")
+    checks.boolean(skip_bad, "skip_bad")
     if channels is not None and channels not in (1, 3, 4):
         raise DataError(f"cannot convert images to {channels} channels (use 1, 3 or 4)")
     if image_size is not None and image_size < 1:

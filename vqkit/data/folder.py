@@ -24,8 +24,9 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F", "La")
 
 
 def is_held_out(relative: str) -> bool:
-    """Whether the file at this folder-relative path (``/``-separated) is in the ``test`` split."""
-    return zlib.crc32(relative.encode("utf-8")) % HOLDOUT_EVERY == 0
+    """Whether the file at this folder-relative path (``/``-separated) is in the ``test`` split. The path's
+    bytes are the name's bytes on disk, UTF-8 or not (a name that is not UTF-8 comes as lone surrogates)."""
+    return zlib.crc32(relative.encode("utf-8", "surrogateescape")) % HOLDOUT_EVERY == 0
 
 
 def split_files(folder: Path, files: list[Path], split: str) -> list[Path]:

@@ -21,13 +21,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vqkit import checks
 from vqkit.data.common import DataError
-from vqkit.errors import VQKitError
+from vqkit.errors import OptionError, VQKitError
 from vqkit.images import IMAGE_SUFFIXES, find_image_names, open_image
 
 MANIFEST = "vqkit-shards.json"
 FORMAT = "vqkit-shards"
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# A shard holds its images in memory while it is written: a million small images is already a lot.
+MAX_SHARD_SIZE = 1_000_000
 
 
 @dataclass
@@ -128,12 +131,14 @@ def pack_folder(
 ) -> PackResult:
     """Pack every image under ``folder`` (recursive) into ``out/PREFIX-000000.tar``, ... of ``shard_size``
     images each, and a manifest. ``progress(n)`` is called as each n more images are done."""
-    root = Path(folder)
-    target = Path(out)
-    if shard_size < 1:
-        raise DataError(f"shard_size must be positive, got {shard_size}")
-    if not _PREFIX.match(prefix):
-        raise DataError(f"prefix must be 1-64 letters, digits, '-' or '_', got {prefix!r}")
+    root, target = checks.path(folder, "folder"), checks.path(out, "out")
+    shard_size = checks.integer(shard_size, "shard_size", minimum=1, maximum=MAX_SHARD_SIZE)
+    if not isinstance(prefix, str) or not _PREFIX.match(prefix):
+        raise OptionError(
+            f"prefix must be 1-64 letters, digits, '-' or '_', got {checks.shown(prefix)}", param="prefix"
+        )
+    checks.boolean(skip_bad, "skip_bad")
+    checks.callable_or_none(progress, "progress")
     if not root.is_dir():
         raise DataError(f"no such folder: {root}")
     names = find_image_names(root)

@@ -18,6 +18,7 @@ import numpy as np
 
 from vqkit.data.common import DataError
 from vqkit.data.pack import check_complete
+from vqkit.fileio import shown_path
 from vqkit.images import IMAGE_SUFFIXES
 
 SHARD_SUFFIX = ".tar"
@@ -94,13 +95,29 @@ def index_shard(path: Path) -> list[tuple[int, int, str]]:
             for m in tar:
                 if m.isreg() and os.path.splitext(m.name)[1].lower() in IMAGE_SUFFIXES:
                     members.append((m.offset_data, m.size, m.name))
+            end = tar.offset  # where reading stopped: the end-of-archive marker, in a whole shard
     except (tarfile.TarError, OSError) as exc:
-        raise DataError(f"cannot read shard {path}: {exc}") from exc
+        raise DataError(f"cannot read shard {shown_path(path)}: {exc}") from exc
     size = path.stat().st_size
     for offset, length, name in members:
         if offset + length > size:
-            raise DataError(f"shard {path} is truncated: member {name!r} runs past its end")
+            raise DataError(f"shard {shown_path(path)} is truncated: member {name!r} runs past its end")
+    if not _ends_whole(path, end, size):
+        # tarfile stops quietly at a header cut short: without this a shard cut in half trains on half
+        raise DataError(
+            f"shard {shown_path(path)} is truncated: it stops after {len(members)} image(s) without the end "
+            "of a tar archive (an interrupted copy?); copy or pack it again, or leave it out"
+        )
     return members
+
+
+def _ends_whole(path: Path, end: int, size: int) -> bool:
+    """Whether the tar archive has its end-of-archive marker (a zero block) where its members end."""
+    if size - end < tarfile.BLOCKSIZE:
+        return False
+    with open(path, "rb") as f:
+        f.seek(end)
+        return f.read(tarfile.BLOCKSIZE) == bytes(tarfile.BLOCKSIZE)
 
 
 class NameTable:
@@ -108,7 +125,7 @@ class NameTable:
     without Python objects whose reference counts would touch every page."""
 
     def __init__(self, names: list[str]) -> None:
-        encoded = [n.encode("utf-8") for n in names]
+        encoded = [n.encode("utf-8", "surrogateescape") for n in names]  # names need not be UTF-8
         self._ends = np.cumsum([len(e) for e in encoded], dtype=np.int64)
         self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8).copy()
 
@@ -117,4 +134,4 @@ class NameTable:
 
     def __getitem__(self, i: int) -> str:
         start = int(self._ends[i - 1]) if i > 0 else 0
-        return self._blob[start : int(self._ends[i])].tobytes().decode("utf-8")
+        return self._blob[start : int(self._ends[i])].tobytes().decode("utf-8", "surrogateescape")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from vqkit import checks
 from vqkit.export.metadata import export_metadata
 from vqkit.export.parity import (
     DEFAULT_NUM_IMAGES,
@@ -88,6 +89,18 @@ def make_exporter(format: str = "onnx", options: dict[str, Any] | None = None) -
         raise ExportError(f"exporter {format!r} rejected its settings: {exc}") from exc
 
 
+def _check_args(
+    format: Any, validate: Any, num_images: Any, tolerance: Any, tie_tolerance: Any, options: Any
+) -> None:
+    """The plain arguments of :func:`export` (the exporter checks its own options and versions)."""
+    checks.text(format, "format")
+    checks.boolean(validate, "validate")
+    checks.integer(num_images, "num_images", minimum=1, maximum=1_000_000)
+    checks.number(tolerance, "tolerance", minimum=0)
+    checks.number(tie_tolerance, "tie_tolerance", minimum=0)
+    checks.mapping(options, "options")
+
+
 def _load_model(model_or_path: VQVAE | str | os.PathLike[str]) -> VQVAE:
     from vqkit.model import VQVAE
     from vqkit.modelfile import load
@@ -127,7 +140,8 @@ def export(
     import torch
 
     start = time.perf_counter()
-    target = Path(out_dir)
+    target = checks.path(out_dir, "out_dir")
+    _check_args(format, validate, num_images, tolerance, tie_tolerance, options)
     check_target(target)
     opts = dict(options or {})
     for key, value in (("opset", opset), ("ir_version", ir_version), ("codes_dtype", codes_dtype)):

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqkit import checks
 from vqkit._version import __version__
 from vqkit.errors import ModelFileError, OptionError, ShapeError
 
@@ -71,7 +72,9 @@ class PriorSpec:
 
     @classmethod
     def from_json(cls, text: str) -> PriorSpec:
-        data = json.loads(text)
+        from vqkit.textformats import load_json
+
+        data = load_json(text, "the spec")
         if not isinstance(data, dict):
             raise ValueError("spec is not a JSON object")
         known = set(cls.__dataclass_fields__)
@@ -201,11 +204,8 @@ class CodePrior(nn.Module):
 
         The grids are short, so each step reruns the whole prefix (no key/value cache needed).
         """
-        if temperature <= 0:
-            raise OptionError(f"temperature must be positive, got {temperature}")
         k = self.spec.codebook_size
-        if top_k is not None and not 1 <= top_k <= k:
-            raise OptionError(f"top-k must lie in 1..{k}, got {top_k}")
+        check_sampling(temperature, top_k, k)
         device = self.positions.device
         seq = torch.zeros(n, 0, dtype=torch.long, device=device)
         if prefix is not None:
@@ -223,6 +223,18 @@ class CodePrior(nn.Module):
             nxt = torch.multinomial(probs, 1, generator=generator)
             seq = torch.cat([seq, nxt], dim=1)
         return self.unflatten(seq)
+
+
+def check_sampling(temperature: Any, top_k: Any, codebook_size: int | None = None) -> float:
+    """``temperature`` a positive finite number, ``top_k`` None or a whole number of codes from 1 (to
+    ``codebook_size``); one message naming the parameter otherwise (0 and NaN included)."""
+    temperature = checks.number(temperature, "temperature", minimum=0, open_min=True)
+    try:
+        checks.optional_integer(top_k, "top_k", minimum=1, maximum=codebook_size)
+    except OptionError:
+        most = f"lie in 1..{codebook_size}" if codebook_size else "be a whole number of at least 1"
+        raise OptionError(f"top_k must {most}, got {checks.shown(top_k)}", param="top_k") from None
+    return temperature
 
 
 # --- the file --------------------------------------------------------------------------------------------

@@ -9,9 +9,13 @@ import numpy as np
 import torch
 
 # The same device rules as `vqkit train`: auto = CUDA, then MPS, then CPU; cuda:N; clear errors.
+from vqkit import checks
 from vqkit.device import resolve_device
 from vqkit.errors import OptionError, ShapeError
-from vqkit.generation.prior import CodePrior, check_prior_fits, load_prior
+from vqkit.generation.prior import CodePrior, check_prior_fits, check_sampling, load_prior
+
+# More images than any sheet or batch of samples holds; beyond it a typo (1e9) would only exhaust memory.
+MAX_SAMPLES = 1_000_000
 
 __all__ = [
     "decode_batched",
@@ -24,9 +28,14 @@ __all__ = [
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    seed = checks.optional_seed(seed)
     if seed is None:
         return None
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def _count(n: Any) -> int:
+    return checks.integer(n, "n", minimum=1, maximum=MAX_SAMPLES)
 
 
 def uniform_codes(
@@ -34,7 +43,8 @@ def uniform_codes(
 ) -> torch.Tensor:
     """Random generation as the classic VQ-VAE tutorials do it, on the model's real grid: every code drawn
     uniformly at random."""
-    dev = torch.device(device)
+    n = _count(n)
+    dev = resolve_device(device)
     shape = (n, *model.codes_shape)
     return torch.randint(model.quantizer.codebook_size, shape, generator=_generator(seed, dev), device=dev)
 
@@ -54,8 +64,12 @@ def sample_codes(
     ``prefix`` (codes ``[n, h, w(, S)]`` or ``[n, P]`` flat) fixes the first codes in raster order, e.g. the top
     rows of an image's codes: the prior completes the rest.
     """
-    if n < 1:
-        raise OptionError(f"the number of samples must be positive, got {n}")
+    if not isinstance(prior, CodePrior):
+        raise OptionError(f"prior must be a CodePrior, got {type(prior).__name__}", param="prior")
+    n = _count(n)
+    check_sampling(temperature, top_k, prior.spec.codebook_size)
+    batch_size = checks.integer(batch_size, "batch_size", minimum=1)
+    _check_prefix(prefix)
     dev = prior.positions.device
     gen = _generator(seed, dev)
     flat = None
@@ -87,13 +101,20 @@ def sample_images(
 
     ``prior`` is a :class:`CodePrior`, a prior file or folder, or ``"uniform"`` (every code drawn uniformly at random).
     """
+    _check_model(model)
+    n = _count(n)
+    check_sampling(temperature, top_k)
+    checks.optional_seed(seed)
+    _check_prefix(prefix)
+    if not isinstance(prior, (CodePrior, str, bytes, os.PathLike)):
+        raise OptionError(
+            f"prior must be a CodePrior, a prior file or 'uniform', got {type(prior).__name__}", param="prior"
+        )
     dev = resolve_device(device)
     model = model.to(dev).eval()
-    if isinstance(prior, (str, os.PathLike)) and str(prior) == "uniform":
+    if isinstance(prior, str) and prior == "uniform":
         if prefix is not None:
-            raise OptionError("a prefix needs a trained prior, not the uniform one")
-        if n < 1:
-            raise OptionError(f"the number of samples must be positive, got {n}")
+            raise OptionError("a prefix needs a trained prior, not the uniform one", param="prefix")
         codes = uniform_codes(model, n, seed=seed, device=dev)
     else:
         if not isinstance(prior, CodePrior):
@@ -104,12 +125,28 @@ def sample_images(
     return decode_batched(model, codes).cpu()
 
 
+def _check_model(model: Any) -> None:
+    from vqkit.model import VQVAE
+
+    if not isinstance(model, VQVAE):
+        raise OptionError(f"model must be a vqkit VQVAE, got {type(model).__name__}", param="model")
+
+
+def _check_prefix(prefix: Any) -> None:
+    if prefix is not None and not isinstance(prefix, torch.Tensor):
+        raise OptionError(f"prefix must be a tensor of codes, got {type(prefix).__name__}", param="prefix")
+
+
 def decode_batched(model: Any, codes: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     return torch.cat([model.decode(c) for c in codes.split(batch_size)])
 
 
-def as_image_batch(x: torch.Tensor | np.ndarray, model: Any) -> torch.Tensor:
+def as_image_batch(x: torch.Tensor | np.ndarray, model: Any, name: str = "images") -> torch.Tensor:
     """One image ``[C, H, W]`` or a batch ``[B, C, H, W]`` (float in [-1, 1], or uint8) as a float batch."""
+    if not isinstance(x, (torch.Tensor, np.ndarray)):
+        raise OptionError(
+            f"{name} must be a tensor or numpy array of images, got {type(x).__name__}", param=name
+        )
     t = torch.from_numpy(np.asarray(x)) if isinstance(x, np.ndarray) else x
     if t.dtype == torch.uint8:
         t = t.float() / 127.5 - 1.0
@@ -128,10 +165,10 @@ def interpolate(
 
     The ends are exactly the model's reconstructions of ``a`` and ``b`` (lerp is exact at t = 0 and 1).
     """
-    if steps < 2:
-        raise OptionError(f"interpolation needs at least 2 steps, got {steps}")
+    _check_model(model)
+    steps = checks.integer(steps, "steps", minimum=2, maximum=MAX_SAMPLES)  # both ends at least
     dev = next(model.parameters()).device
-    xa, xb = as_image_batch(a, model), as_image_batch(b, model)
+    xa, xb = as_image_batch(a, model, "a"), as_image_batch(b, model, "b")
     if xa.shape[0] != 1 or xb.shape[0] != 1:
         raise ShapeError("interpolate takes one image at each end")
     if xa.shape != xb.shape:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vqkit import checks
 from vqkit.device import resolve_device
 from vqkit.errors import OptionError, VQKitError
 from vqkit.generation.prior import PRIOR_FILE, CodePrior, PriorSpec, model_fingerprint, save_prior
@@ -64,6 +65,13 @@ class PriorTrainConfig:
                 )
         if self.lr <= 0:
             raise OptionError(f"lr must be positive, got {self.lr!r}", param="lr")
+        for name, high in (("steps", 10**12), ("batch_size", 2**24), ("eval_every", 10**12)):
+            checks.integer(getattr(self, name), name, maximum=high)
+        for name in ("width", "layers", "heads"):
+            checks.integer(getattr(self, name), name, maximum=2**16)
+        self.warmup = checks.integer(self.warmup, "warmup", minimum=0, maximum=10**12)
+        self.seed = checks.seed(self.seed)
+        self.data = str(checks.path(self.data, "data"))
         return self
 
 
@@ -107,8 +115,15 @@ def train_prior(
     (its architecture and sampler state; ``config.steps`` may extend it). ``callback(step)`` runs after every
     step. Returns the held-out bits per image.
     """
+    if config is not None and not isinstance(config, PriorTrainConfig):
+        raise OptionError(f"config must be a PriorTrainConfig, got {type(config).__name__}", param="config")
     cfg = (config or PriorTrainConfig()).validate()
-    if isinstance(model, (str, os.PathLike)):
+    out = checks.path(out, "out")
+    if not isinstance(model, (str, bytes, os.PathLike, torch.nn.Module)):
+        raise OptionError(
+            f"model must be a VQVAE or a model file path, got {type(model).__name__}", param="model"
+        )
+    if isinstance(model, (str, bytes, os.PathLike)):
         from vqkit.modelfile import load
 
         model = load(model)

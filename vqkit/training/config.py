@@ -9,15 +9,57 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
+from vqkit import checks
 from vqkit.errors import OptionError
+from vqkit.spec import MAX_CHANNELS, MAX_IMAGE_SIZE
 
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("fp32", "bf16")
 # Fields that say where a run goes or where it starts from, not what it trains: left out of config files.
 RUN_CONTROL = ("init_from", "resume", "out", "progress")
+PATH_FIELDS = ("init_from", "data", "data_root", "out")
+# A name that is not UTF-8 is written to a config file as {path_bytes_hex = "..."} (TOML holds only Unicode).
+PATH_BYTES_KEY = "path_bytes_hex"
+MODEL_KEYS = (
+    "encoder",
+    "quantizer",
+    "decoder",
+    "preset",
+    "latent_dim",
+    "codebook_size",
+    "encoder_options",
+    "quantizer_options",
+    "decoder_options",
+)
+# Bounds beyond any real run, so that an absurd value is refused here rather than overflowing later.
+_MANY = 10**12
+INT_BOUNDS: dict[str, tuple[int, int]] = {
+    "steps": (1, _MANY),
+    "batch_size": (1, 2**24),
+    "log_every": (1, _MANY),
+    "eval_every": (0, _MANY),
+    # every run evaluates at its end: with no images that failed after all the training
+    "eval_images": (1, 10**9),
+    "checkpoint_every": (0, _MANY),
+    "warmup_steps": (0, _MANY),
+    "data_workers": (0, 1024),
+    "channels": (1, MAX_CHANNELS),
+    "image_size": (1, MAX_IMAGE_SIZE),
+    "seed": (0, checks.MAX_SEED),
+}
+FLOAT_BOUNDS: dict[str, tuple[float, float, bool]] = {  # (minimum, maximum, whether the minimum is excluded)
+    "lr": (0, math.inf, True),
+    "augment_scale": (0, 1, True),
+    "data_memory_gb": (0, 2**20, False),  # a PiB
+    "weight_decay": (0, math.inf, False),
+    "min_lr_ratio": (0, 1, False),
+    "grad_clip": (0, math.inf, True),
+}
+CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS}
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -98,38 +140,14 @@ class TrainConfig:
     seed: int = _f(0, "Seed for weights, data order and everything random.")
     progress: bool = _f(True, "Show a progress bar.", cli=False)
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> TrainConfig:
-        """Check every field; a mistake raises :class:`OptionError` naming the field (``param``)."""
-        # eval_images too: every run evaluates at its end, and with no images that came after all the training
-        for name in ("steps", "batch_size", "log_every", "eval_images"):
-            _number(self, name, minimum=1, integer=True)
-        for name in ("eval_every", "checkpoint_every", "warmup_steps"):
-            _number(self, name, minimum=0, integer=True)
-        _number(self, "lr", minimum=0, open_min=True)
-        _number(self, "augment_scale", minimum=0, maximum=1, open_min=True)
-        if self.data_memory_gb is not None:
-            _number(self, "data_memory_gb", minimum=0)
-        if self.data_workers is not None:
-            _number(self, "data_workers", minimum=0, integer=True)
-        _number(self, "weight_decay", minimum=0)
-        _number(self, "min_lr_ratio", minimum=0, maximum=1)
-        if self.grad_clip is not None:
-            _number(self, "grad_clip", minimum=0, open_min=True)
-        betas = self.betas
-        if not isinstance(betas, (list, tuple)) or len(betas) != 2:
-            raise OptionError(f"betas must be two numbers in [0, 1), got {betas!r}", param="betas")
-        if not all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas):
-            raise OptionError(f"betas must be two numbers in [0, 1), got {betas!r}", param="betas")
-        self.betas = (float(betas[0]), float(betas[1]))
-        for name, allowed in (("schedule", SCHEDULES), ("precision", PRECISIONS)):
-            if getattr(self, name) not in allowed:
-                raise OptionError(
-                    f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}", param=name
-                )
-        if not isinstance(self.model, dict):
-            raise OptionError(
-                f"model must be a table of build_model arguments, got {self.model!r}", param="model"
-            )
+        """Check and normalise every field, whatever filled it (flags, a config file, a resumed run, Python):
+        a mistake raises :class:`OptionError` naming the field (``param``)."""
+        for f in fields(self):
+            setattr(self, f.name, check_field(f.name, str(f.type), getattr(self, f.name)))
         if self.resume and not self.init_from:
             raise OptionError("resume needs init_from: the model file of the run to continue", param="resume")
         return self
@@ -158,38 +176,109 @@ class TrainConfig:
                 f"unknown training setting(s) {', '.join(map(repr, unknown))}", param=unknown[0]
             )
         merged = {**(base or cls()).to_dict(), **data}
-        config = cls(**merged)
-        if isinstance(config.betas, list):
-            config.betas = tuple(config.betas)  # type: ignore[assignment]
-        return config
+        return cls(**merged)
 
     @classmethod
     def from_json(cls, text: str) -> TrainConfig:
-        data = json.loads(text)
+        """A config as :meth:`to_json` wrote it (settings this vqkit does not know are left out)."""
+        from vqkit.textformats import TextFormatError, load_json
+
+        try:
+            data = load_json(text, "the run's recorded config") if isinstance(text, str) else None
+        except TextFormatError as exc:
+            raise OptionError(str(exc)) from None
+        if not isinstance(data, dict):
+            raise OptionError("the run's recorded config is not a table of settings")
         known = {f.name for f in fields(cls)}
         return cls.from_dict({k: v for k, v in data.items() if k in known})
 
 
-def _number(
-    config: TrainConfig,
-    name: str,
-    *,
-    minimum: float,
-    maximum: float = math.inf,
-    open_min: bool = False,
-    integer: bool = False,
-) -> None:
-    value = getattr(config, name)
-    kind = "an integer" if integer else "a number"
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not math.isfinite(value):
-        raise OptionError(f"{name} must be {kind}, got {value!r}", param=name)
-    low = value <= minimum if open_min else value < minimum
-    if low or value > maximum:
-        bound = f"above {minimum:g}" if open_min else f"at least {minimum:g}"
-        if maximum != math.inf:
-            bound = f"between {minimum:g} and {maximum:g}"
-        raise OptionError(f"{name} must be {bound}, got {value!r}", param=name)
+def check_field(name: str, kind: str, value: Any) -> Any:
+    """One field's value checked against its declared type (``kind``, as the dataclass spells it) and its
+    bounds; returned normalised (an int for a float, a path as text)."""
+    if value is None and kind.endswith("| None"):
+        return None
+    if name in PATH_FIELDS:
+        return _path_field(name, value)
+    if name in INT_BOUNDS:
+        low, high = INT_BOUNDS[name]
+        return checks.integer(value, name, minimum=low, maximum=high)
+    if name in FLOAT_BOUNDS:
+        low, high, open_min = FLOAT_BOUNDS[name]
+        return checks.number(value, name, minimum=low, maximum=high, open_min=open_min)
+    if name in CHOICES:
+        return checks.text(value, name, choices=CHOICES[name])
+    if kind.startswith("bool"):
+        return checks.boolean(value, name)
+    checker = _SPECIAL.get(name)
+    if checker is not None:
+        return checker(value)
+    return checks.text(value, name)
+
+
+def _path_field(name: str, value: Any) -> str:
+    """A path (or data source) as text, kept as written: a pattern or a name is not a Path to normalise."""
+    checks.path(value, name)
+    return value if isinstance(value, str) else os.fsdecode(value)
+
+
+def _betas(value: Any) -> tuple[float, float]:
+    what = f"betas must be two numbers in [0, 1), got {checks.shown(value)}"
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise OptionError(what, param="betas")
+    try:
+        pair = tuple(checks.number(b, "betas", minimum=0, maximum=1) for b in value)
+    except OptionError:
+        raise OptionError(what, param="betas") from None
+    if not all(b < 1 for b in pair):
+        raise OptionError(what, param="betas")
+    return pair  # type: ignore[return-value]
+
+
+def _model(value: Any) -> dict[str, Any]:
+    """The ``model`` table: build_model's keyword arguments, each of its type (values are checked again,
+    against the components, when the model is built)."""
+    if not isinstance(value, dict):
+        raise OptionError(
+            f"model must be a table of build_model arguments, got {checks.shown(value)}", param="model"
+        )
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        where = f"model.{key}"
+        if key in ("encoder", "quantizer", "decoder", "preset"):
+            out[key] = None if item is None else checks.text(item, where)
+        elif key in ("latent_dim", "codebook_size"):
+            out[key] = checks.optional_integer(item, where, minimum=1)
+        elif key in ("encoder_options", "quantizer_options", "decoder_options"):
+            out[key] = _table(item, where)
+        else:
+            raise OptionError(
+                f"model has no setting {key!r}; it takes {', '.join(MODEL_KEYS)}", param="model"
+            )
+    return out
+
+
+def _table(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise OptionError(
+            f"{name} must be a table of option names to values, got {checks.shown(value)}", param=name
+        )
+    return dict(value)
+
+
+def _loss_options(value: Any) -> dict[str, Any]:
+    """``{objective name: {option: value}}``."""
+    table = _table(value, "loss_options")
+    return {k: _table(v, f"loss_options.{k}") for k, v in table.items()}
+
+
+_SPECIAL = {
+    "betas": _betas,
+    "model": _model,
+    "loss_options": _loss_options,
+    "device": lambda v: checks.device_name(v, "device"),
+    "loss": lambda v: checks.text(v, "loss"),
+}
 
 
 def field_defaults() -> dict[str, Any]:
