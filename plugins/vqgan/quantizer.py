@@ -96,6 +96,11 @@ class VQGANQuantizer(Codebook):
             indices = self.used[torch.where(indices >= self.remap_used, torch.zeros_like(indices), indices)]
         return self.embed(indices)
 
+    def dequantize(self, indices: torch.Tensor) -> torch.Tensor:
+        # contiguous, as taming's get_codebook_entry gives it: the decoder's convolutions then take the same
+        # path (and round alike) as the original's
+        return super().dequantize(indices).contiguous()
+
     def forward_flat(self, rows: torch.Tensor) -> Quantized:
         flat, codes, indices, loss = self.lookup_flat(rows)
         flat_q = estimate(flat, codes.to(flat.dtype), self.estimator)
