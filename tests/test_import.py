@@ -172,27 +172,34 @@ class TamingVQModel(nn.Module):
         return codes, self.decoder(self.post_quant_conv(quant))
 
 
-def _taming_files(tmp_path: Path, remap: bool = False, extra: Any = None) -> tuple[TamingVQModel, Path, Path]:
+def _taming_config(tmp_path: Path, remap: Path | None = None) -> Path:
+    params = {"embed_dim": 4, "n_embed": 64, "ddconfig": DDCONFIG,
+              "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"}}  # fmt: skip
+    if remap is not None:
+        params["remap"] = str(remap)
+    config = tmp_path / "model.yaml"
+    config.write_text(yaml.safe_dump({"model": {"target": "taming.models.vqgan.VQModel", "params": params}}))
+    return config
+
+
+def _lightning_checkpoint(path: Path, state: dict[str, torch.Tensor], extra: Any = None) -> Path:
+    """A Lightning checkpoint's shape: training state beside the weights."""
+    torch.save({"epoch": 3, "state_dict": state, "optimizer_states": [{"state": {}}],
+                "hparams": argparse.Namespace(lr=4.5e-6), "extra": extra}, path)  # fmt: skip
+    return path
+
+
+def _taming_files(tmp_path: Path, remap: bool = False) -> tuple[TamingVQModel, Path, Path]:
     used = tmp_path / "used.npy"
     np.save(used, np.arange(64)[::-1].copy())  # every code, in another order: remap changes each code
     torch.manual_seed(0)
     original = TamingVQModel(64, 4, str(used) if remap else None).eval()
     with torch.no_grad():
-        _spread_codebook(
-            original.quantize.embedding.weight, original.quant_conv(original.encoder(_digits(8, 3, "train")))
-        )
+        latents = original.quant_conv(original.encoder(_digits(8, 3, "train")))
+        _spread_codebook(original.quantize.embedding.weight, latents)
     state = {**original.state_dict(), "loss.discriminator.main.0.weight": torch.zeros(2, 3, 4, 4)}
-    ckpt = tmp_path / "last.ckpt"
-    # a Lightning checkpoint's shape: training state beside the weights
-    torch.save({"epoch": 3, "state_dict": state, "optimizer_states": [{"state": {}}],
-                "hparams": argparse.Namespace(lr=4.5e-6), "extra": extra}, ckpt)  # fmt: skip
-    params = {"embed_dim": 4, "n_embed": 64, "ddconfig": DDCONFIG,
-              "lossconfig": {"target": "taming.modules.losses.vqperceptual.DummyLoss"}}  # fmt: skip
-    if remap:
-        params["remap"] = str(used)
-    config = tmp_path / "model.yaml"
-    config.write_text(yaml.safe_dump({"model": {"target": "taming.models.vqgan.VQModel", "params": params}}))
-    return original, ckpt, config
+    ckpt = _lightning_checkpoint(tmp_path / "last.ckpt", state)
+    return original, ckpt, _taming_config(tmp_path, used if remap else None)
 
 
 @pytest.mark.parametrize("remap", [False, True])
@@ -233,7 +240,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path: 
         def __reduce__(self) -> tuple[Any, ...]:
             return (os.system, (f"touch {marker}",))
 
-    _, ckpt, config = _taming_files(tmp_path, extra=Payload())
+    ckpt = _lightning_checkpoint(tmp_path / "last.ckpt", {"encoder.conv_in.bias": torch.zeros(32)}, Payload())
+    config = _taming_config(tmp_path)
     code, text = run("import", str(ckpt), "--config", str(config), "-o", str(tmp_path / "m.safetensors"))
     assert code == 1 and len(text.strip().splitlines()) == 1, text
     assert "refused" in text and "system" in text and "nothing of it was run" in text
@@ -253,3 +261,26 @@ def test_a_config_that_does_not_fit_the_weights_names_its_field(tmp_path: Path) 
     config.write_text(yaml.safe_dump(data))
     code, text = run("import", str(ckpt), "--config", str(config), "-o", str(tmp_path / "m.safetensors"))
     assert code == 1 and "field target" in text and "GumbelVQ" in text, text
+
+
+def test_remapped_codes_follow_taming_for_latents_whose_row_is_unused(tmp_path: Path) -> None:
+    _, quantize = _taming()
+    used = np.array([5, 2, 9, 0])
+    np.save(tmp_path / "used.npy", used)
+    theirs = quantize.VectorQuantizer2(
+        16, 4, beta=0.25, remap=str(tmp_path / "used.npy"), unknown_index="extra", sane_index_shape=True
+    )
+    ours = vqkit.registry.quantizers.get("vqgan")(4, 16, remap_used=4, unknown_index="extra")
+    ours.used.copy_(torch.from_numpy(used))
+    ours.embedding.weight.data.copy_(theirs.embedding.weight.data.normal_())
+    z = torch.randn(2, 4, 5, 5)
+    codes = theirs(z)[2][2]
+    assert torch.equal(ours.quantize(z), codes) and (codes == 4).any()  # rows outside used: the extra code
+    b, d, h, w = z.shape
+    assert torch.equal(ours.dequantize(codes), theirs.get_codebook_entry(codes.reshape(-1), (b, h, w, d)))
+    # taming draws a random code for those; here they take the nearest used row instead (exportable)
+    ours.unknown_index = "random"
+    rows = theirs.embedding.weight[torch.from_numpy(used)]
+    flat = z.permute(0, 2, 3, 1).reshape(-1, d)
+    nearest = torch.cdist(flat, rows).argmin(-1).reshape(b, h, w)
+    assert torch.equal(ours.quantize(z), nearest)
