@@ -215,6 +215,10 @@ def test_a_taming_checkpoint_gives_the_same_codes_and_images(tmp_path: Path, rem
     assert (model.decode(codes) - images.clamp(-1, 1)).abs().max() <= 1e-5
     source = json.loads(vqkit.read_spec(tmp_path / "m.safetensors")[1][SOURCE_KEY])
     assert source["checkpoint"] == "last.ckpt" and source["tensors_left_out"] == 1
+    if remap:  # the remapping exports too: the runtime gives taming's codes
+        report = export(tmp_path / "m.safetensors", tmp_path / "tok", num_images=16)
+        assert report.parity is not None and report.parity.passed, report.parity.format()
+        assert np.array_equal(Tokenizer(tmp_path / "tok").encode(x.numpy()), codes.numpy())
 
 
 @pytest.mark.parametrize("legacy", [True, False])
