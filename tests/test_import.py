@@ -288,3 +288,19 @@ def test_remapped_codes_follow_taming_for_latents_whose_row_is_unused(tmp_path: 
     flat = z.permute(0, 2, 3, 1).reshape(-1, d)
     nearest = torch.cdist(flat, rows).argmin(-1).reshape(b, h, w)
     assert torch.equal(ours.quantize(z), nearest)
+
+
+def test_training_state_reads_as_data_and_every_other_callable_is_refused(tmp_path: Path) -> None:
+    import collections
+    import functools
+
+    from vqkit.safeunpickle import load_checkpoint
+
+    state = {"w": torch.ones(2)}
+    kept = {"state_dict": state, "loops": collections.defaultdict(list, {"a": [1]}), "path": Path("/x")}
+    torch.save(kept, tmp_path / "ok.ckpt")
+    assert torch.equal(load_checkpoint(tmp_path / "ok.ckpt")["state_dict"]["w"], state["w"])
+    for payload in (functools.partial(print, "ran"), eval):
+        torch.save({"state_dict": state, "hook": payload}, tmp_path / "bad.ckpt")
+        with pytest.raises(RefusedCheckpoint, match="refused"):
+            load_checkpoint(tmp_path / "bad.ckpt")

@@ -11,6 +11,7 @@ naming it, before anything is called. Only the tensors are kept.
 
 from __future__ import annotations
 
+import _compat_pickle
 import os
 import pickle
 import types
@@ -29,7 +30,15 @@ _REAL = {
     ("collections", "OrderedDict"),
     ("torch", "Size"),
     ("torch", "device"),
+    ("collections", "defaultdict"),
     ("builtins", "set"),
+    ("builtins", "list"),
+    ("builtins", "dict"),
+    ("builtins", "tuple"),
+    ("builtins", "int"),
+    ("builtins", "float"),
+    ("builtins", "str"),
+    ("builtins", "bool"),
     ("builtins", "frozenset"),
     ("builtins", "slice"),
     ("builtins", "complex"),
@@ -48,6 +57,7 @@ _INERT_PREFIXES = (
     "lightning_fabric",
     "omegaconf",
     "argparse",
+    "pathlib",
     "torch.optim",
     "taming",
     "ldm",
@@ -104,6 +114,10 @@ def _pickle_module(where: str) -> types.ModuleType:
 
     class Unpickler(pickle.Unpickler):
         def find_class(self, module: str, name: str) -> Any:
+            # protocol 2 pickles name globals as Python 2 did (__builtin__.list); read them as Python 3's
+            if (module, name) in _compat_pickle.NAME_MAPPING:
+                module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+            module = _compat_pickle.IMPORT_MAPPING.get(module, module)
             return _resolve(module, name, where)
 
     def load(file: Any, **kwargs: Any) -> Any:
