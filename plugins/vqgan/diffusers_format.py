@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+import vqkit.plugins.vqgan.fields as f
 from vqkit.errors import ModelFileError
 from vqkit.importing import ImportPlan, importers, sha256
-from vqkit.plugins.vqgan import fields as f
 from vqkit.safeunpickle import load_checkpoint, tensors_of
 
 CONFIG = "config.json"

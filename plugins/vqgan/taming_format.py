@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
+import vqkit.plugins.vqgan.fields as f
 from vqkit.errors import ModelFileError
 from vqkit.importing import ImportPlan, importers, sha256
-from vqkit.plugins.vqgan import fields as f
 from vqkit.safeunpickle import load_checkpoint, tensors_of
 
 # The classes whose weights are a VQGAN with taming's VectorQuantizer (beta 0.25, legacy loss).
