@@ -25,6 +25,20 @@ FAST_OPTIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("decoder", "conv3"): {"widths": (16, 16, 8)},
     ("encoder", "tiny"): {"width": 16},
     ("decoder", "tiny"): {"width": 16},
+    ("encoder", "vqgan"): {
+        "ch": 8,
+        "ch_mult": (1, 2),
+        "num_res_blocks": 1,
+        "z_channels": 4,
+        "norm_groups": 4,
+    },
+    ("decoder", "vqgan"): {
+        "ch": 8,
+        "ch_mult": (1, 2),
+        "num_res_blocks": 1,
+        "z_channels": 4,
+        "norm_groups": 4,
+    },
 }
 
 

@@ -20,6 +20,7 @@ _LAZY = {
     "Quantizer": "vqkit.contracts",
     "load_plugins": "vqkit.discovery",
     "VQKitError": "vqkit.errors",
+    "import_model": "vqkit.importing",
     "VQVAE": "vqkit.model",
     "ModelSpec": "vqkit.model",
     "VQVAEOutput": "vqkit.model",

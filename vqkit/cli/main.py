@@ -117,6 +117,7 @@ def _add_commands() -> None:
     from vqkit.cli.evaluate import eval_command, reconstruct
     from vqkit.cli.export import export_command
     from vqkit.cli.generate import interpolate, prior_group, sample
+    from vqkit.cli.importing import import_command
     from vqkit.cli.plot import plot_command
     from vqkit.cli.plugins import plugins_command
     from vqkit.cli.train import train
@@ -134,6 +135,7 @@ def _add_commands() -> None:
     cli.add_command(decode_command)
     cli.add_command(plot_command)
     cli.add_command(data_group)
+    cli.add_command(import_command)
 
 
 _add_commands()
