@@ -424,3 +424,29 @@ def test_a_conv3_file_saved_before_the_clamp_output_keeps_its_tanh(tmp_path: Pat
         clamped.decoder.output = "clamp"
         clamped.decoder.net = clamped.decoder.net[:-1]
         assert not torch.equal(clamped(x).reconstruction, model(x).reconstruction)
+
+
+def test_a_gumbel_file_saved_before_cosine_logits_keeps_its_linear_logits(tmp_path: Path) -> None:
+    """Gumbel models saved before the ``logits`` and ``diversity`` options scored codes by a biased linear
+    projection: they load as such (the file's weights include the bias), with the codes they gave."""
+    old = vqkit.build_model(
+        quantizer="gumbel",
+        channels=1,
+        image_size=16,
+        latent_dim=8,
+        codebook_size=32,
+        quantizer_options={"logits": "linear", "diversity": 0.0},
+        seed=0,
+    ).eval()
+    path = vqkit.save(old, tmp_path / "m.safetensors")
+
+    def before_the_options(data: dict) -> None:
+        for key in ("logits", "diversity", "scale"):
+            data["quantizer_options"].pop(key, None)
+            data["resolved_options"]["quantizer"].pop(key, None)
+
+    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_options))
+    assert loaded.resolved_options["quantizer"]["logits"] == "linear"
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    assert torch.equal(loaded.encode(x), old.encode(x))
+    assert vqkit.build_model(quantizer="gumbel").resolved_options["quantizer"]["logits"] == "cosine"

@@ -26,13 +26,17 @@ class LFQ(FlatQuantizer):
     Loss: ``commitment`` x ||z - sign(z)||^2 + ``entropy_weight`` x (mean per-latent entropy - ``diversity``
     x entropy of the batch's mean code distribution), with code probabilities softmax(-||z - c||^2 /
     ``temperature``): confident per latent, spread over the codebook in the batch. Default 9 bits = 512 codes.
+
+    The commitment weight is 0.05, not MAGVIT-v2's 0.25: it pulls every latent onto +-1, where the entropy
+    terms' gradient (at temperature 0.1) is nil, so a bit that every latent of a short run set the same way
+    stayed so (5 bits on digits: 8 of 32 codes in use at 0.25, 24 at 0.05; 9 bits: 18.2 -> 18.6 dB).
     """
 
     def __init__(
         self,
         dim: int | None = None,
         codebook_size: int | None = None,
-        commitment: float = 0.25,
+        commitment: float = 0.05,
         entropy_weight: float = 0.1,
         diversity: float = 1.0,
         temperature: float = 0.1,
