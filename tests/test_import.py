@@ -99,6 +99,9 @@ def test_an_imported_model_evaluates_fine_tunes_exports_and_runs_without_torch(t
     code, text = run("import", str(tmp_path / "vq"), "-o", str(tmp_path / "m.safetensors"))
     assert code == 0 and "vqgan" in text, text
     path = str(tmp_path / "m.safetensors")
+    # a pretrained codebook is fine-tuned as it is: never k-means fitted again nor re-seeded
+    options = vqkit.load(path).resolved_options["quantizer"]
+    assert (options["init"], options["restart_after"]) == ("uniform", 0)
     code, text = run("eval", path, "--data", "mnist5k", "--limit", "32", "-o", str(tmp_path / "e.json"))
     assert code == 0 and json.loads((tmp_path / "e.json").read_text())["psnr"] > 0, text
     code, text = run("reconstruct", path, str(_png(tmp_path)), "-o", str(tmp_path / "grid.png"))
@@ -225,7 +228,7 @@ def test_a_taming_checkpoint_gives_the_same_codes_and_images(tmp_path: Path, rem
 def test_the_quantizer_loss_keeps_tamings_beta_form(legacy: bool) -> None:
     _, quantize = _taming()
     theirs = quantize.VectorQuantizer2(16, 4, beta=0.25, legacy=legacy)
-    ours = vqkit.registry.quantizers.get("vqgan")(4, 16, legacy=legacy)
+    ours = vqkit.registry.quantizers.get("vqgan")(4, 16, legacy=legacy, init="uniform", restart_after=0)
     ours.embedding.weight.data.copy_(theirs.embedding.weight.data.normal_())
     z = torch.randn(2, 4, 3, 3, requires_grad=True)
     zq, loss, (_, _, codes) = theirs(z)

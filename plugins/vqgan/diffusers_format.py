@@ -198,7 +198,7 @@ class DiffusersVQModel:
             parts={"encoder": "vqgan", "quantizer": "vqgan", "decoder": "vqgan"},
             options={
                 "encoder": options,
-                "quantizer": {"beta": 0.25, "legacy": True},
+                "quantizer": {"beta": 0.25, "legacy": True, **f.PRETRAINED},
                 "decoder": dict(options),
             },
             channels=channels,

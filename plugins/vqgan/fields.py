@@ -11,6 +11,8 @@ from vqkit.errors import ModelFileError
 MISSING = object()
 MAX_SIZE = 1 << 20  # no published architecture parameter comes near this
 MAX_LEVELS = 16
+# The quantizer options of an imported (pretrained) codebook: kept as trained, never k-means fitted or re-seeded.
+PRETRAINED = {"init": "uniform", "restart_after": 0}
 
 
 def problem(where: Path, key: str, text: str) -> ModelFileError:

@@ -127,7 +127,7 @@ class TamingVQModel:
         options, channels = _architecture(f.table(params, "ddconfig", config), config)
         n_embed = f.integer(params, "n_embed", config, low=2)
         tensors, left_out = vqgan_tensors(tensors_of(load_checkpoint(source), str(source)))
-        quantizer = {"beta": 0.25, "legacy": True, **_remap(params, tensors, n_embed, config)}
+        quantizer = {"beta": 0.25, "legacy": True, **f.PRETRAINED, **_remap(params, tensors, n_embed, config)}
         return ImportPlan(
             format="taming",
             parts={"encoder": "vqgan", "quantizer": "vqgan", "decoder": "vqgan"},
