@@ -99,9 +99,9 @@ def test_an_imported_model_evaluates_fine_tunes_exports_and_runs_without_torch(t
     code, text = run("import", str(tmp_path / "vq"), "-o", str(tmp_path / "m.safetensors"))
     assert code == 0 and "vqgan" in text, text
     path = str(tmp_path / "m.safetensors")
-    # a pretrained codebook is fine-tuned as it is: never k-means fitted again nor re-seeded
+    # a pretrained codebook is fine-tuned as it is (never k-means fitted again nor re-seeded), with its own loss
     options = vqkit.load(path).resolved_options["quantizer"]
-    assert (options["init"], options["restart_after"]) == ("uniform", 0)
+    assert (options["init"], options["restart_after"], options["legacy"]) == ("uniform", 0, True)
     code, text = run("eval", path, "--data", "mnist5k", "--limit", "32", "-o", str(tmp_path / "e.json"))
     assert code == 0 and json.loads((tmp_path / "e.json").read_text())["psnr"] > 0, text
     code, text = run("reconstruct", path, str(_png(tmp_path)), "-o", str(tmp_path / "grid.png"))

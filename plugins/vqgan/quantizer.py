@@ -35,29 +35,32 @@ def check_unknown_index(unknown_index: int | str, remap_used: int, codebook_size
 
 @quantizers.register("vqgan")
 class VQGANQuantizer(Codebook):
-    """taming-transformers' / diffusers' VectorQuantizer: nearest code, straight-through gradients, the codebook
-    initialised U(-1/K, 1/K), codebook + commitment loss with taming's ``legacy`` beta.
+    """taming-transformers' / diffusers' VectorQuantizer: nearest code, straight-through gradients,
+    codebook + commitment loss with taming's ``legacy`` beta; ``init=uniform`` is the original's U(-1/K, 1/K).
 
     ``legacy=True`` (taming's default and diffusers' only form): loss = |sg[e] - z|^2 + beta |e - sg[z]|^2;
     ``legacy=False``: loss = beta |sg[e] - z|^2 + |e - sg[z]|^2. ``remap_used=R`` (taming's ``remap``): codes
     are positions in the buffer ``used`` of R codebook rows (loaded with the weights); a latent whose nearest
     row is not among them gets ``unknown_index``: ``"extra"`` (code R), a fixed code, or ``"random"``, which
     taming draws at random and which here is the nearest used row instead (deterministic, so an export
-    agrees). ``init``, ``restart_after``, ``estimator`` as vq's: a new model trains from vq's defaults (k-means
-    init, restarts after 10 unused steps; taming's uniform init and no restarts collapsed to 2% of the codes in a
-    300-step run); an imported one is built with ``fields.PRETRAINED`` (uniform, no restarts), so that fine-tuning never
-    re-seeds its codebook.
+    agrees). ``init``, ``restart_after``, ``estimator`` as vq's.
+
+    A new model trains from vq's defaults: k-means init, restarts after 10 unused steps and ``legacy=False``
+    (taming's uniform init without restarts kept 2% of the codes in a 300-step run; its legacy form, which pulls
+    the encoder onto the codebook four times harder than the codebook follows, collapsed a constant-lr run to one
+    code where ``legacy=False`` used all 512). An imported model is built with the original's form
+    (``legacy=True``) and ``fields.PRETRAINED`` (uniform, no restarts), so fine-tuning never re-seeds its codebook.
     """
 
     # Options added after models were first saved, with the values that rebuild such an older model as it was.
-    legacy_options = {"init": "uniform", "restart_after": 0}
+    legacy_options = {"init": "uniform", "restart_after": 0, "legacy": True}
 
     def __init__(
         self,
         dim: int | None,
         codebook_size: int | None,
         beta: float = 0.25,
-        legacy: bool = True,
+        legacy: bool = False,
         remap_used: int = 0,
         unknown_index: int | str = "extra",
         init: str = "kmeans",
