@@ -55,6 +55,42 @@ def test_chunked_matches_plain_formula(n: int, k: int, d: int) -> None:
     assert_nearest(nearest_code_chunked(z, e, max_bytes=MIN_ROWS * 4 * max(1, k // 3)), z, e)
 
 
+def _with_non_finite(n: int, k: int, d: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random latents and codes with NaN and infinite entries in some rows of each."""
+    z, e = _data(n, k, d, seed)
+    e[3, 0] = float("nan")
+    e[k - 1, d - 1] = float("inf")
+    z[1, d // 2] = float("nan")
+    z[4, 0] = float("-inf")
+    return z, e
+
+
+def _assert_non_finite_rule(codes: torch.Tensor, z: torch.Tensor, e: torch.Tensor) -> None:
+    """Non-finite latents get code 0; non-finite codes are never picked; the rest is the nearest finite code."""
+    assert codes[1] == 0 and codes[4] == 0
+    good = torch.isfinite(e).all(1)
+    assert not bool(torch.isin(codes, torch.nonzero(~good).flatten()).any())
+    rows = torch.isfinite(z).all(1)
+    ref = torch.nonzero(good).flatten()[nearest_code_plain(z[rows], e[good])]
+    assert torch.equal(codes[rows], ref)
+
+
+@pytest.mark.parametrize("max_bytes", [None, MIN_ROWS * 4 * 30])
+def test_non_finite_latents_and_codes_follow_one_rule_on_every_cpu_path(max_bytes: int | None) -> None:
+    z, e = _with_non_finite(500, 100, 16)
+    plain = nearest_code_plain(z, e)
+    _assert_non_finite_rule(plain, z, e)
+    assert torch.equal(nearest_code_chunked(z, e, max_bytes=max_bytes), plain)
+    assert torch.equal(nearest_code(z, e), plain)
+    # Every code broken: every latent gets code 0, as the kernel's running minimum gives it.
+    assert torch.equal(
+        nearest_code_chunked(z, torch.full_like(e, float("nan"))), torch.zeros(500, dtype=torch.int64)
+    )
+    assert torch.equal(
+        nearest_code_plain(z, torch.full_like(e, float("nan"))), torch.zeros(500, dtype=torch.int64)
+    )
+
+
 def test_auto_on_cpu_and_codebook_module_give_the_same_codes() -> None:
     z, e = _data(3000, 700, 32)
     codes = nearest_code(z, e)
@@ -153,6 +189,15 @@ def test_onnx_export_traces_the_plain_formula_with_a_dynamic_batch(tmp_path) -> 
         z = torch.randn(n, 16)
         (codes,) = session.run(None, {session.get_inputs()[0].name: z.numpy()})
         np.testing.assert_array_equal(codes, nearest_code(z, model.codebook).numpy())
+    # The exported graph applies the same non-finite rule as the eager paths.
+    z, e = _with_non_finite(50, 300, 16)
+    with torch.no_grad():
+        model.codebook.copy_(e)
+    torch.onnx.export(model, (torch.randn(8, 16),), str(path), dynamo=True, dynamic_shapes={"z": {0: batch}})
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (codes,) = session.run(None, {session.get_inputs()[0].name: z.numpy()})
+    np.testing.assert_array_equal(codes, nearest_code_chunked(z, e).numpy())
+    _assert_non_finite_rule(torch.from_numpy(codes), z, e)
 
 
 def test_torch_compile_calls_the_search_as_one_opaque_op() -> None:
@@ -181,6 +226,9 @@ for n, k, d, seed in cases:
     if seed == 99:  # exact ties across codebook tiles
         e[k - 1] = e[2]
         z[:2] = e[2]
+    if seed == 77:  # non-finite latents and codes
+        e[3, 0], e[k - 1, d - 1] = float("nan"), float("inf")
+        z[1, d // 2], z[4, 0] = float("nan"), float("-inf")
     out.append(nearest_code(z, e, backend="triton").tolist())
 print(json.dumps(out))
 """
@@ -190,6 +238,7 @@ def test_triton_kernel_in_the_triton_interpreter() -> None:
     pytest.importorskip("triton")
     # (N, K, D, seed): K not a tile multiple, odd D, N below a tile, K = 1, D past one register block, ties.
     cases = [(200, 300, 64, 0), (130, 257, 17, 1), (1, 1, 3, 2), (70, 40, 200, 3), (150, 260, 32, 99)]
+    cases.append((150, 260, 32, 77))
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", INTERPRET_SCRIPT],
@@ -207,6 +256,10 @@ def test_triton_kernel_in_the_triton_interpreter() -> None:
             e[k - 1] = e[2]
             z[:2] = e[2]
             assert codes[:2] == [2, 2]
+        if seed == 77:
+            z, e = _with_non_finite(n, k, d, seed)
+            assert codes == nearest_code_chunked(z, e).tolist()
+            continue
         assert_nearest(torch.tensor(codes, dtype=torch.int64), z, e)
 
 

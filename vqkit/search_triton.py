@@ -132,16 +132,17 @@ def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str 
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    z = z.float().contiguous()
-    e = codebook.float().contiguous()
+    from vqkit.search import finite_operands
+
     n, d = z.shape
-    k = e.shape[0]
-    # Norms from torch.sum, exactly as the plain formula computes them, so the sums round the same way.
-    zsq = torch.sum(z**2, dim=-1)
-    esq = torch.sum(e**2, dim=-1)
+    k = codebook.shape[0]
     out = torch.empty(n, dtype=torch.int64, device=z.device)
     if n == 0:
         return out
+    # Norms from torch.sum, exactly as the plain formula computes them, so the sums round the same way;
+    # non-finite latents and codes as every path treats them (vqkit.search).
+    z, zsq, e, esq, bad_z = finite_operands(z, codebook)
+    z, e = z.contiguous(), e.contiguous()
     cfg = kernel_config(d, precision)
     grid = (triton.cdiv(n, cfg["BLOCK_N"]),)
     _nearest_code_kernel[grid](
@@ -163,4 +164,4 @@ def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str 
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
-    return out
+    return out.masked_fill_(bad_z, 0)
