@@ -148,14 +148,28 @@ def _triton_search() -> Callable[..., torch.Tensor] | None:
     return nearest_code_triton
 
 
-_triton_broken = False
+_triton_broken: str | None = None  # why the kernel failed, once it has: auto then uses the chunked path
+
+
+def fast_path(device: torch.device | str) -> str:
+    """Which implementation ``nearest_code(..., backend="auto")`` runs eagerly on ``device`` now: ``"triton"``,
+    or ``"chunked"`` with the reason on CUDA (``"chunked (Triton is not installed)"``). Benchmarks ask it so
+    they never time the fallback believing it is the kernel."""
+    if torch.device(device).type != "cuda":
+        return "chunked"
+    if _triton_broken is not None:
+        return f"chunked (the Triton kernel failed: {_triton_broken})"
+    if _triton_search() is None:
+        return "chunked (Triton is not installed)"
+    return "triton"
 
 
 def _search_fast(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> torch.Tensor:
-    """Eager dispatch between the kernel and the chunked path; a kernel failure falls back, loudly, once."""
+    """Eager dispatch between the kernel and the chunked path; a kernel failure falls back, loudly, once.
+    Running out of memory is not a kernel failure: it propagates (the chunked path would need more)."""
     global _triton_broken
     want_triton = backend == "triton" or (
-        backend == "auto" and z.device.type == "cuda" and not _triton_broken
+        backend == "auto" and z.device.type == "cuda" and _triton_broken is None
     )
     if want_triton:
         kernel = _triton_search()
@@ -169,8 +183,10 @@ def _search_fast(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> torch
                     return kernel(z.detach(), codebook.detach(), precision)
                 try:
                     return kernel(z.detach(), codebook.detach(), precision)
+                except torch.OutOfMemoryError:
+                    raise
                 except Exception as err:  # a GPU or driver Triton cannot compile for: stay correct
-                    _triton_broken = True
+                    _triton_broken = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
                     warnings.warn(
                         f"vqkit: the Triton nearest-code kernel failed ({err}); using the chunked search",
                         RuntimeWarning,
