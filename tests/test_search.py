@@ -316,12 +316,13 @@ def test_triton_kernel_compiles_without_spills_and_without_a_gpu(
 @pytest.mark.gpu
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
 @pytest.mark.parametrize(("n", "k", "d"), [*SHAPES, (65536, 8192, 64), (20000, 16384, 32), (4096, 300, 256)])
-def test_triton_kernel_on_cuda(n: int, k: int, d: int, precision: str) -> None:
-    from vqkit.search_triton import nearest_code_triton
-
+def test_triton_kernel_on_cuda(
+    n: int, k: int, d: int, precision: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     z, e = _data(n, k, d)
     z, e = z.cuda(), e.cuda()
-    codes = nearest_code_triton(z, e, precision)
+    monkeypatch.setenv("VQKIT_SEARCH_PRECISION", precision)
+    codes = nearest_code(z, e, backend="triton")
     ref = nearest_code_plain(z, e)
     differ = codes != ref
     assert differ.float().mean().item() <= 0.01
@@ -344,3 +345,11 @@ def test_auto_search_on_cuda_needs_no_n_by_k_memory() -> None:
     torch.cuda.synchronize()
     assert torch.cuda.max_memory_allocated() - base < 64 * 2**20  # the N x K matrix would be 2 GiB
     assert torch.equal(codes, nearest_code(z, e, backend="triton"))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["auto", "triton", "chunked", "plain"])
+def test_non_finite_rule_on_cuda(backend: str) -> None:
+    z, e = _with_non_finite(5000, 700, 64)
+    codes = nearest_code(z.cuda(), e.cuda(), backend=backend).cpu()
+    _assert_non_finite_rule(codes, z, e)

@@ -179,14 +179,17 @@ def _search_fast(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> torch
         else:
             precision = os.environ.get(PRECISION_ENV, "ieee")
             with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
+                zf, zsq, e, esq, bad_z = finite_operands(z.detach(), codebook.detach())
                 if backend == "triton":
-                    return kernel(z.detach(), codebook.detach(), precision)
+                    return kernel(zf, zsq, e, esq, precision).masked_fill_(bad_z, 0)
                 try:
-                    return kernel(z.detach(), codebook.detach(), precision)
+                    return kernel(zf, zsq, e, esq, precision).masked_fill_(bad_z, 0)
                 except torch.OutOfMemoryError:
                     raise
                 except Exception as err:  # a GPU or driver Triton cannot compile for: stay correct
-                    _triton_broken = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    _triton_broken = (
+                        str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    )
                     warnings.warn(
                         f"vqkit: the Triton nearest-code kernel failed ({err}); using the chunked search",
                         RuntimeWarning,

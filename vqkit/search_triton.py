@@ -153,23 +153,23 @@ def kernel_config(
     }
 
 
-def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str = "ieee") -> torch.Tensor:
-    """Fused search for fp32 ``z [N, D]`` and ``codebook [K, D]`` on one device; int64 ``[N]``.
+def nearest_code_triton(
+    z: torch.Tensor, zsq: torch.Tensor, e: torch.Tensor, esq: torch.Tensor, precision: str = "ieee"
+) -> torch.Tensor:
+    """Fused search for fp32 ``z [N, D]`` and codebook ``e [K, D]`` on one device, given their squared
+    norms ``zsq [N]`` and ``esq [K]``; int64 ``[N]``.
 
-    Callers (:func:`vqkit.search.nearest_code`) have already cast to fp32 and disabled autograd.
+    The caller (:func:`vqkit.search.nearest_code`) prepares the operands as every path does
+    (``vqkit.search.finite_operands``: fp32, norms from ``torch.sum`` so they round as the plain formula's,
+    non-finite rows handled) and has disabled autograd.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    from vqkit.search import finite_operands
-
     n, d = z.shape
-    k = codebook.shape[0]
+    k = e.shape[0]
     out = torch.empty(n, dtype=torch.int64, device=z.device)
     if n == 0:
         return out
-    # Norms from torch.sum, exactly as the plain formula computes them, so the sums round the same way;
-    # non-finite latents and codes as every path treats them (vqkit.search).
-    z, zsq, e, esq, bad_z = finite_operands(z, codebook)
     z, e = z.contiguous(), e.contiguous()
     # Triton's CPU interpreter (tests) runs on CPU tensors: any table will do there.
     capability = torch.cuda.get_device_capability(z.device) if z.is_cuda else (9, 0)
@@ -194,7 +194,7 @@ def nearest_code_triton(z: torch.Tensor, codebook: torch.Tensor, precision: str 
         num_warps=cfg["num_warps"],
         num_stages=cfg["num_stages"],
     )
-    return out.masked_fill_(bad_z, 0)
+    return out
 
 
 def ptxas_report(d: int, precision: str, capability: tuple[int, int]) -> dict[str, int]:
