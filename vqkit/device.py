@@ -56,8 +56,9 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
 # The oldest Linux driver each CUDA major version runs on (NVIDIA's CUDA compatibility table; minor-version
 # compatibility lets every 12.x build run on a 525 driver, every 13.x on 580).
 MIN_DRIVER = {11: (450, 80), 12: (525, 60), 13: (580, 65)}
-# What to install for an older driver: the newest PyTorch CUDA build each driver generation runs.
-WHEEL_FOR_DRIVER = ((580, "cu130"), (525, "cu126"), (450, "cu118"))
+# What to install for an older driver: a PyTorch CUDA 12 build runs on every driver from 525 (pick the cu12x
+# index pytorch.org lists for the torch version at hand; cu126 is one). Older drivers: only an update helps.
+WHEEL_FOR_DRIVER = ((580, "cu130"), (525, "cu126"))
 
 _DRIVER_FILE = Path("/proc/driver/nvidia/version")
 _cuda_warning: str | None = None
@@ -109,8 +110,8 @@ def unusable_gpu_reason() -> str | None:
     if need is not None and _numbers(driver)[:2] < need:
         wheel = next((tag for floor, tag in WHEEL_FOR_DRIVER if _numbers(driver)[0] >= floor), None)
         fix = (
-            f"update the driver, or install the torch build for it: pip install torch --index-url "
-            f"https://download.pytorch.org/whl/{wheel}"
+            f"update the driver, or install a torch built for it: pip install torch --index-url "
+            f"https://download.pytorch.org/whl/{wheel} (or another cu12x index pytorch.org lists)"
             if wheel
             else "update the driver"
         )
