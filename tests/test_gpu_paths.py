@@ -4,6 +4,7 @@ benchmark that never reports the fallback as the kernel."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,27 @@ def test_quantizer_benchmark_on_cuda_without_a_gpu_is_one_line() -> None:
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith("quantizer_speed.py: device cuda:"), done.stderr
+
+
+def test_gpu_check_script_is_complete_and_keeps_to_its_budget(tmp_path: Path) -> None:
+    script = ROOT / "benchmarks" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    text = script.read_text()
+    for name in ("quantizer_speed.py", "train_speed.py", "sync_debug.py"):
+        assert f"benchmarks/{name}" in text and (ROOT / "benchmarks" / name).exists()
+    for needed in ("--no-deps", "-m gpu", "--precision bf16", "--compile", "sync_debug", "torchrun"):
+        assert needed in text, needed
+    budget = int(text.split("BUDGET_S=${GPU_CHECK_BUDGET_S:-")[1].split("}")[0])
+    assert budget + 20 <= 8 * 60  # the last step's kill margin and the summary included
+    # With no budget left every step is skipped, and the summary still says so: the skeleton runs on CPU.
+    out = tmp_path / "results"
+    done = subprocess.run(
+        ["bash", str(script), str(out)],
+        env={**os.environ, "GPU_CHECK_BUDGET_S": "0", "PYTHON": sys.executable},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = (out / "summary.md").read_text()
+    assert "| pytest-gpu | skipped" in summary and "| quantizer-speed | skipped" in summary
