@@ -8,10 +8,16 @@
 Parts and methods:
 - ``search``: ``tutorial`` (the textbook expression of the widely used VQ-VAE tutorial, argmin over the full matrix), ``cdist`` (``torch.cdist`` +
   argmin), ``vqkit`` (``vqkit.search.nearest_code``: chunked on CPU, the Triton kernel on CUDA); on CUDA also
-  ``vqkit-tf32x3`` (the kernel's tensor-core precision) and ``matmul-bf16``, the bare bf16 ``z @ e.T`` the aim is
-  stated against; on CPU ``matmul`` (fp32), the floor for any exact search.
+  ``vqkit-tf32x3`` (the kernel's tensor-core precision), ``vqkit-chunked`` (the fallback, timed on purpose) and
+  ``matmul-bf16``, the bare bf16 ``z @ e.T`` the aim is stated against; on CPU ``matmul`` (fp32), the floor for
+  any exact search.
 - ``vq fwd+bwd``: the tutorial's ``VQEmbedding`` (transcribed), the same module searching with cdist, and vqkit's
   ``vq`` (init=normal, no restarts) — forward, loss, backward.
+
+Path: which implementation a vqkit row ran. On CUDA the ``vqkit`` rows ask for the kernel by name (a kernel
+failure is that row's error, not a silent switch to the chunked path), and the ``vq fwd+bwd`` row, which
+searches through the quantizer's ``auto`` choice, is not timed when that choice is not the kernel: the row
+says why instead. A row that runs out of GPU memory says so and the next row runs.
 
 Time: median of ``--reps`` calls after one warm-up call at full size. Memory ("extra"): the peak memory of one
 call above what was resident just before it (inputs, weights), so it counts every temporary and the outputs.
@@ -40,14 +46,16 @@ import torch.nn.functional as F
 from torch import nn
 
 import vqkit
-from vqkit.search import nearest_code
+from vqkit.device import resolve_device
+from vqkit.errors import VQKitError
+from vqkit.search import fast_path, nearest_code
 
 GPU_CASES = [(65536, 512, 64), (65536, 8192, 64), (262144, 16384, 32)]
 # Same K and D as on the GPU, N cut so that the tutorial's 3 live N x K matrices fit a small shared machine.
 CPU_CASES = [(16384, 512, 64), (16384, 8192, 64), (16384, 16384, 32)]
 SEARCHES = {
     "cpu": ["tutorial", "cdist", "vqkit", "matmul"],
-    "cuda": ["tutorial", "cdist", "vqkit", "vqkit-tf32x3", "matmul-bf16"],
+    "cuda": ["tutorial", "cdist", "vqkit", "vqkit-tf32x3", "vqkit-chunked", "matmul-bf16"],
 }
 QUANTIZERS = ["tutorial", "cdist", "vqkit"]
 
@@ -111,6 +119,10 @@ def make_call(part: str, method: str, n: int, k: int, d: int, device: str) -> Ca
         if method == "matmul-bf16":
             zb, eb = z.bfloat16(), e.bfloat16()
             return lambda rows: torch.matmul(zb[:rows], eb.t())
+        if method == "vqkit-chunked":
+            return lambda rows: nearest_code(z[:rows], e, backend="chunked")
+        if device == "cuda":  # the kernel by name: never the fallback by accident
+            return lambda rows: nearest_code(z[:rows], e, backend="triton")
         return lambda rows: nearest_code(z[:rows], e)
     # Latent maps of 16 x 16 positions, N / 256 of them.
     z = torch.randn(n // 256, d, 16, 16, generator=g).to(device).requires_grad_(True)
@@ -136,11 +148,25 @@ def _kib(key: str) -> int:
     return int(re.search(key + r":\s+(\d+) kB", open("/proc/self/status").read()).group(1))
 
 
-def measure(part: str, method: str, n: int, k: int, d: int, device: str, reps: int) -> dict[str, float]:
+def path_of(part: str, method: str, device: str) -> str:
+    """The search implementation a row runs ("-" for rows that are not vqkit's)."""
+    if method == "vqkit-chunked" or (method.startswith("vqkit") and device == "cpu"):
+        return "chunked"
+    if method == "vqkit-tf32x3":
+        return "triton tf32x3"
+    if method == "vqkit":
+        return "triton ieee" if part == "search" else fast_path(device).replace("triton", "triton ieee")
+    return "-"
+
+
+def measure(part: str, method: str, n: int, k: int, d: int, device: str, reps: int) -> dict:
     call = make_call(part, method, n, k, d, device)
     if device == "cuda":
         call(n)  # compiles kernels, warms cuBLAS
         torch.cuda.synchronize()
+        path = path_of(part, method, device)
+        if method == "vqkit" and not path.startswith("triton"):
+            return {"path": path, "error": "not timed: the quantizer's search is not the kernel"}
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
         call(n)
@@ -166,12 +192,22 @@ def measure(part: str, method: str, n: int, k: int, d: int, device: str, reps: i
             t0 = time.perf_counter()
             call(n)
             times.append((time.perf_counter() - t0) * 1000)
-    return {"ms": statistics.median(times), "mib": extra / 2**20}
+        path = path_of(part, method, device)
+    return {"ms": statistics.median(times), "mib": extra / 2**20, "path": path}
 
 
-def run_case(job: dict, device: str) -> dict[str, float]:
+def run_case(job: dict, device: str) -> dict:
     if device == "cuda":
-        return measure(**job, device=device)
+        try:
+            return measure(**job, device=device)
+        except torch.OutOfMemoryError:
+            return {"path": path_of(job["part"], job["method"], device), "error": "out of GPU memory"}
+        except Exception as err:  # the kernel failing to compile or launch is this row's result
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            return {"path": path_of(job["part"], job["method"], device), "error": f"failed: {first}"}
+        finally:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()  # the next row starts from an empty cache, not this row's peak
     # A fresh process per measurement: see the module docstring.
     proc = subprocess.run(
         [sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True, check=True
@@ -183,14 +219,17 @@ def table(rows: list[dict], header: str) -> str:
     lines = [
         header,
         "",
-        "| N, K, D | part | method | time (ms) | speed-up vs tutorial | extra memory (MiB) | memory vs tutorial |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| N, K, D | part | method | path | time (ms) | speed-up vs tutorial | extra memory (MiB) | memory vs tutorial |",
+        "|---|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
-        lines.append(
-            f"| {r['n']}, {r['k']}, {r['d']} | {r['part']} | {r['method']} | {r['ms']:.1f} | "
-            f"{r['speedup']:.2f}x | {r['mib']:.1f} | {r['mem_ratio']:.1f}x |"
-        )
+        where = f"| {r['n']}, {r['k']}, {r['d']} | {r['part']} | {r['method']} | {r['path']} |"
+        if "error" in r:
+            lines.append(f"{where} {r['error']} | | | |")
+            continue
+        speedup = f"{r['speedup']:.2f}x" if r.get("speedup") else "n/a"
+        mem_ratio = f"{r['mem_ratio']:.1f}x" if r.get("mem_ratio") else "n/a"
+        lines.append(f"{where} {r['ms']:.1f} | {speedup} | {r['mib']:.1f} | {mem_ratio} |")
     return "\n".join(lines)
 
 
@@ -206,6 +245,11 @@ def main() -> None:
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    if args.device == "cuda":
+        try:
+            resolve_device("cuda")
+        except VQKitError as err:
+            sys.exit(f"quantizer_speed.py: {err}")
     vqkit.load_plugins()
     if args.worker:
         job = json.loads(args.worker)
@@ -220,17 +264,12 @@ def main() -> None:
             results = {}
             for method in methods:
                 job = {"part": part, "method": method, "n": n, "k": k, "d": d, "reps": args.reps}
-                results[method] = run_case(job, args.device)
+                results[method] = r = run_case(job, args.device)
                 base = results["tutorial"]
-                r = results[method]
-                rows.append(
-                    {
-                        **job,
-                        **r,
-                        "speedup": base["ms"] / r["ms"],
-                        "mem_ratio": base["mib"] / max(r["mib"], 1e-3),
-                    }
-                )
+                ratios = {}
+                if "error" not in base and "error" not in r:
+                    ratios = {"speedup": base["ms"] / r["ms"], "mem_ratio": base["mib"] / max(r["mib"], 1e-3)}
+                rows.append({**job, **r, **ratios})
                 print(table(rows[-1:], "").splitlines()[-1], flush=True)
     device = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} thread(s)"
     text = table(rows, f"{device}, torch {torch.__version__}, median of {args.reps}")

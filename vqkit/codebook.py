@@ -211,13 +211,21 @@ class CodebookUpkeep(nn.Module):
             return torch.zeros(self.codebook_size, dtype=torch.bool, device=self.last_used.device)
         return (self.step - self.last_used) >= self.restart_after
 
+    def advance_host(self) -> None:
+        """Count one training step on the host mirror (the buffer ``step`` is counted by :meth:`record`).
+
+        Called from the eager upkeep (:meth:`Codebook._keep_healthy`), never from code ``torch.compile``
+        traces: a traced read of the host step makes Dynamo guard on its value and recompile every step."""
+        initialised, step = self._mirror()
+        self._host = (initialised, step + 1)
+
     @torch.no_grad()
     def record(self, indices: torch.Tensor) -> torch.Tensor:
-        """Count one training step's codes over all ranks, mark them used; returns the reduced counts."""
+        """Count one training step's codes over all ranks, mark them used; returns the reduced counts.
+
+        Only tensors change here (no host state), so a compiled model traces it once."""
         counts = all_reduce_sum_(code_counts(indices, self.codebook_size))
-        initialised, step = self._mirror()
         self.step += 1
-        self._host = (initialised, step + 1)
         # torch.where, not a boolean-mask assignment (which finds its indices with a device sync)
         self.last_used.copy_(torch.where(counts > 0, self.step, self.last_used))
         return counts
@@ -359,21 +367,29 @@ class Codebook(FlatQuantizer):
             w[mask] = rows.to(w.dtype)
 
     # --- training path ------------------------------------------------------------------------------------
+    # Eager even inside a torch.compile'd model: its decisions are host-side (the step mirror, a device
+    # sync when dead codes are found), and traced they would make Dynamo guard on the step number and
+    # recompile the model at every step. One graph break per codebook per step is the price.
+    @torch.compiler.disable
     @torch.no_grad()
     def _keep_healthy(self, flat: torch.Tensor) -> None:
         """k-means on the first batch, then re-seed dead codes from this batch (before the search, so they
-        compete at once and no tensor saved for backward is modified)."""
+        compete at once and no tensor saved for backward is modified). Runs once per training step, before
+        :meth:`CodebookUpkeep.record`, and counts that step on the host."""
         up = self.upkeep
-        if up.needs_init():
-            self._set_rows(None, self._seed_rows(kmeans(flat, self.codebook_size, up.kmeans_iters)))
-            up.mark_initialised()
-        if not up.restart_check_due():
-            return
-        dead = up.dead_codes()
-        if bool(dead.any()):  # a device sync, but only every check_every steps
-            codebook = self.codebook().detach().float()
-            error = ((flat.float() - codebook[nearest_code(flat, codebook)]) ** 2).sum(-1)
-            self._set_rows(dead, self._seed_rows(up.replacements(flat, dead, error)))
+        try:
+            if up.needs_init():
+                self._set_rows(None, self._seed_rows(kmeans(flat, self.codebook_size, up.kmeans_iters)))
+                up.mark_initialised()
+            if not up.restart_check_due():
+                return
+            dead = up.dead_codes()
+            if bool(dead.any()):  # a device sync, but only every check_every steps
+                codebook = self.codebook().detach().float()
+                error = ((flat.float() - codebook[nearest_code(flat, codebook)]) ** 2).sum(-1)
+                self._set_rows(dead, self._seed_rows(up.replacements(flat, dead, error)))
+        finally:
+            up.advance_host()  # record() counts this step in the buffer
 
     def lookup_flat(
         self, flat: torch.Tensor

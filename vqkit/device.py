@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import re
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 
@@ -16,7 +20,7 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     (an :class:`OptionError` about the parameter ``device``)."""
     name = checks.device_name("auto" if name is None or name == "" else name)
     if name == "auto":
-        if torch.cuda.is_available():
+        if _cuda_available():
             return torch.device("cuda", torch.cuda.current_device())
         if _mps_available():
             return torch.device("mps")
@@ -30,10 +34,9 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     if device.type == "cpu":
         return device
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise OptionError(
-                "device cuda: no CUDA GPU is visible to PyTorch here; use cpu or auto", param="device"
-            )
+        if not _cuda_available():
+            why = unusable_gpu_reason() or "no CUDA GPU is visible to PyTorch here"
+            raise OptionError(f"device cuda: {why}; use cpu or auto", param="device")
         count = torch.cuda.device_count()
         index = device.index if device.index is not None else torch.cuda.current_device()
         if index >= count:
@@ -48,6 +51,84 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
             )
         return device
     raise OptionError(f"unsupported device {name!r}; use auto, cpu, cuda, cuda:N or mps", param="device")
+
+
+# The oldest Linux driver each CUDA major version runs on (NVIDIA's CUDA compatibility table; minor-version
+# compatibility lets every 12.x build run on a 525 driver, every 13.x on 580).
+MIN_DRIVER = {11: (450, 80), 12: (525, 60), 13: (580, 65)}
+# What to install for an older driver: a PyTorch CUDA 12 build runs on every driver from 525 (pick the cu12x
+# index pytorch.org lists for the torch version at hand; cu126 is one). Older drivers: only an update helps.
+WHEEL_FOR_DRIVER = ((580, "cu130"), (525, "cu126"))
+
+_DRIVER_FILE = Path("/proc/driver/nvidia/version")
+_cuda_warning: str | None = None
+
+
+def _cuda_available() -> bool:
+    """``torch.cuda.is_available()``, keeping the warning torch gives when a driver is there but unusable."""
+    global _cuda_warning
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ok = torch.cuda.is_available()
+    for w in caught:
+        if "CUDA initialization" in str(w.message) or "driver" in str(w.message).lower():
+            _cuda_warning = str(w.message).strip().splitlines()[0]
+    return ok
+
+
+def nvidia_driver_version() -> str | None:
+    """The loaded NVIDIA kernel driver's version (``"535.104.05"``), or None where there is none (or it is
+    not Linux): read from ``/proc``, which needs neither CUDA nor a working PyTorch build."""
+    try:
+        text = _DRIVER_FILE.read_text(errors="replace")
+    except OSError:
+        return None
+    found = re.search(r"Kernel Module(?: for \S+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
+    return found.group(1) if found else None
+
+
+def _numbers(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def unusable_gpu_reason() -> str | None:
+    """Why an NVIDIA GPU that this machine has cannot be used by this PyTorch, in one clause; None when there
+    is no NVIDIA driver at all (nothing to explain) or CUDA works."""
+    driver = nvidia_driver_version()
+    if driver is None or _cuda_available():
+        return None
+    if torch.version.cuda is None:
+        return (
+            f"this PyTorch ({torch.__version__}) is a CPU-only build, though an NVIDIA driver {driver} is "
+            "loaded; install a CUDA build of torch"
+        )
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return f"CUDA_VISIBLE_DEVICES={visible!r} hides every GPU"
+    cuda_major = int(torch.version.cuda.split(".")[0])
+    need = MIN_DRIVER.get(cuda_major)
+    if need is not None and _numbers(driver)[:2] < need:
+        wheel = next((tag for floor, tag in WHEEL_FOR_DRIVER if _numbers(driver)[0] >= floor), None)
+        fix = (
+            f"update the driver, or install a torch built for it: pip install torch --index-url "
+            f"https://download.pytorch.org/whl/{wheel} (or another cu12x index pytorch.org lists)"
+            if wheel
+            else "update the driver"
+        )
+        return (
+            f"the NVIDIA driver {driver} is too old for this PyTorch {torch.__version__} (built for CUDA "
+            f"{torch.version.cuda}, which needs driver >= {need[0]}.{need[1]}); {fix}"
+        )
+    detail = f": {_cuda_warning}" if _cuda_warning else ""
+    return f"an NVIDIA driver {driver} is loaded but CUDA failed to initialise{detail}"
+
+
+def device_note(device: torch.device) -> str | None:
+    """A line for a run's header when ``auto`` settled on the CPU though a GPU is there but unusable."""
+    if device.type == "cuda":
+        return None
+    reason = unusable_gpu_reason()
+    return f"a GPU is present but unusable, so this runs on {device.type}: {reason}" if reason else None
 
 
 def _mps_available() -> bool:

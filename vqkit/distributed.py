@@ -78,6 +78,31 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def local_world_size() -> int:
+    """Processes ``torchrun`` started on this machine (``--nproc-per-node``)."""
+    import os
+
+    return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+
+
+def device_for_this_process(device: torch.device) -> torch.device:
+    """The device of this process: under ``torchrun`` on CUDA, the GPU of its local rank (one GPU a process;
+    NCCL cannot share one). More processes on a machine than GPUs is a clear error here, not CUDA's
+    "invalid device ordinal" or NCCL's "duplicate GPU" later."""
+    if not launched_by_torchrun() or device.type != "cuda":
+        return device
+    from vqkit.errors import OptionError
+
+    gpus, processes = torch.cuda.device_count(), local_world_size()
+    if processes > gpus or local_rank() >= gpus:
+        raise OptionError(
+            f"torchrun started {processes} processes on this machine but only {gpus} CUDA GPU(s) are "
+            f"visible (one process a GPU with nccl): use --nproc-per-node {gpus}, or --device cpu (gloo)",
+            param="device",
+        )
+    return torch.device("cuda", local_rank())
+
+
 def destroy() -> None:
     if is_distributed():
         dist.destroy_process_group()

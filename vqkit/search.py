@@ -11,6 +11,11 @@ the lowest index, as ``torch.argmin``. Three implementations of the same formula
   ``torch.onnx.export`` (a Python loop over a dynamic batch would be unrolled or specialised there), and
   the reference the tests compare against.
 
+Non-finite values get one rule on every path (here, in the kernel, and in exported graphs): a code whose
+squared norm is not finite (a NaN or an infinity in it) is never picked, unless every code is such; a latent
+whose squared norm is not finite gets code 0. (Left alone, the NaN distances would make ``torch.argmin`` pick
+the NaN code for every latent, while the kernel's running ``<`` would never pick it.)
+
 ``nearest_code(z, codebook)`` picks: plain when exporting or tracing, an opaque custom op under
 ``torch.compile`` (so the compiled graph calls the fast path instead of materialising N x K), else triton on
 CUDA when it is available and chunked otherwise.
@@ -50,16 +55,30 @@ def _check(z: torch.Tensor, codebook: torch.Tensor) -> None:
         raise ValueError("nearest_code needs a codebook with at least one code")
 
 
+def finite_operands(
+    z: torch.Tensor, e: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """fp32 ``z``, ``|z|^2``, ``e``, ``|e|^2`` with the non-finite rule applied, and the mask of latents
+    that get code 0: a non-finite code is zeroed with ``|e|^2 = inf`` (its distance is inf to every latent),
+    a non-finite latent is zeroed (its code is overwritten afterwards). O(N + K) work, no host sync, traceable.
+    Norms come from ``torch.sum``, so every path rounds them alike."""
+    z, e = z.float(), e.float()
+    zsq, esq = torch.sum(z**2, dim=-1), torch.sum(e**2, dim=-1)
+    bad_z, bad_e = ~torch.isfinite(zsq), ~torch.isfinite(esq)
+    z = torch.where(bad_z.unsqueeze(1), 0.0, z)
+    zsq = torch.where(bad_z, 0.0, zsq)
+    e = torch.where(bad_e.unsqueeze(1), 0.0, e)
+    esq = torch.where(bad_e, float("inf"), esq)
+    return z, zsq, e, esq, bad_z
+
+
 def nearest_code_plain(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
     """The textbook formula (|z|^2 + |e|^2 - 2 z.e, argmin) over the whole N x K matrix; traceable by
     torch.export and ONNX."""
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.float()
-        e = codebook.float()
-        distances = (
-            torch.sum(z**2, dim=-1, keepdim=True) + torch.sum(e**2, dim=-1).unsqueeze(0)
-        ) - 2 * torch.matmul(z, e.t())
-        return torch.argmin(distances, dim=-1)
+        z, zsq, e, esq, bad_z = finite_operands(z, codebook)
+        distances = (zsq.unsqueeze(1) + esq.unsqueeze(0)) - 2 * torch.matmul(z, e.t())
+        return torch.where(bad_z, 0, torch.argmin(distances, dim=-1))
 
 
 def tile_shape(n: int, k: int, max_bytes: int) -> tuple[int, int]:
@@ -83,17 +102,14 @@ def nearest_code_chunked(
     """The same formula, one bounded tile at a time: extra memory is one tile (``max_bytes``) plus O(N + K)."""
     _check(z, codebook)
     with torch.autocast(device_type=z.device.type, enabled=False):
-        z = z.detach().float()
-        e = codebook.detach().float()
-        n, k = z.shape[0], e.shape[0]
+        n, k = z.shape[0], codebook.shape[0]
         out = torch.empty(n, dtype=torch.int64, device=z.device)
         if n == 0:
             return out
+        z, zsq, e, esq, bad_z = finite_operands(z.detach(), codebook.detach())
         if max_bytes is None:
             max_bytes = CPU_TILE_BYTES if z.device.type == "cpu" else GPU_TILE_BYTES
         rows, codes = tile_shape(n, k, max_bytes)
-        zsq = torch.sum(z**2, dim=-1)
-        esq = torch.sum(e**2, dim=-1)
         et = e.t()
         buf = torch.empty(rows, codes, dtype=torch.float32, device=z.device)
         for r0 in range(0, n, rows):
@@ -119,7 +135,7 @@ def nearest_code_chunked(
                 better = vals < best
                 best = torch.where(better, vals, best)
                 best_idx.copy_(torch.where(better, idx + c0, best_idx))
-        return out
+        return out.masked_fill_(bad_z, 0)
 
 
 @functools.cache
@@ -132,14 +148,28 @@ def _triton_search() -> Callable[..., torch.Tensor] | None:
     return nearest_code_triton
 
 
-_triton_broken = False
+_triton_broken: str | None = None  # why the kernel failed, once it has: auto then uses the chunked path
+
+
+def fast_path(device: torch.device | str) -> str:
+    """Which implementation ``nearest_code(..., backend="auto")`` runs eagerly on ``device`` now: ``"triton"``,
+    or ``"chunked"`` with the reason on CUDA (``"chunked (Triton is not installed)"``). Benchmarks ask it so
+    they never time the fallback believing it is the kernel."""
+    if torch.device(device).type != "cuda":
+        return "chunked"
+    if _triton_broken is not None:
+        return f"chunked (the Triton kernel failed: {_triton_broken})"
+    if _triton_search() is None:
+        return "chunked (Triton is not installed)"
+    return "triton"
 
 
 def _search_fast(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> torch.Tensor:
-    """Eager dispatch between the kernel and the chunked path; a kernel failure falls back, loudly, once."""
+    """Eager dispatch between the kernel and the chunked path; a kernel failure falls back, loudly, once.
+    Running out of memory is not a kernel failure: it propagates (the chunked path would need more)."""
     global _triton_broken
     want_triton = backend == "triton" or (
-        backend == "auto" and z.device.type == "cuda" and not _triton_broken
+        backend == "auto" and z.device.type == "cuda" and _triton_broken is None
     )
     if want_triton:
         kernel = _triton_search()
@@ -149,12 +179,17 @@ def _search_fast(z: torch.Tensor, codebook: torch.Tensor, backend: str) -> torch
         else:
             precision = os.environ.get(PRECISION_ENV, "ieee")
             with torch.no_grad(), torch.autocast(device_type=z.device.type, enabled=False):
+                zf, zsq, e, esq, bad_z = finite_operands(z.detach(), codebook.detach())
                 if backend == "triton":
-                    return kernel(z.detach(), codebook.detach(), precision)
+                    return kernel(zf, zsq, e, esq, precision).masked_fill_(bad_z, 0)
                 try:
-                    return kernel(z.detach(), codebook.detach(), precision)
+                    return kernel(zf, zsq, e, esq, precision).masked_fill_(bad_z, 0)
+                except torch.OutOfMemoryError:
+                    raise
                 except Exception as err:  # a GPU or driver Triton cannot compile for: stay correct
-                    _triton_broken = True
+                    _triton_broken = (
+                        str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                    )
                     warnings.warn(
                         f"vqkit: the Triton nearest-code kernel failed ({err}); using the chunked search",
                         RuntimeWarning,

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vqkit import distributed as D
-from vqkit.device import autocast, check_precision, resolve_device, use_channels_last
+from vqkit.device import autocast, check_precision, device_note, resolve_device, use_channels_last
 from vqkit.errors import VQKitError
 from vqkit.evaluate import evaluate, reconstruct
 from vqkit.images import write_grid
@@ -78,9 +78,7 @@ def train(
     """Train a VQ-VAE as ``config`` says and return where everything went. ``callback(step, model)`` runs
     after every step; ``log`` receives the run's header, one line per evaluation and warnings (rank 0 only)."""
     config.validate()
-    device = resolve_device(config.device)
-    if D.launched_by_torchrun() and device.type == "cuda":
-        device = torch.device("cuda", D.local_rank())  # one process a GPU
+    device = D.device_for_this_process(resolve_device(config.device))
     check_precision(config.precision, device)
     created_group = D.init_from_env(device)
     try:
@@ -237,6 +235,9 @@ class VQVAETrainer:
             + (f" x {self.world}" if self.world > 1 else "")
             + (f", {config.precision}" if config.precision != "fp32" else "")
         )
+        note = device_note(self.device) if config.device in ("auto", "", None) else None
+        if note:
+            self.say(f"device     {note}")
         self.say(f"run folder {self.run_dir}")
 
     # --- what the engine calls -----------------------------------------------------------------------------
