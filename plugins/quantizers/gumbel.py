@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -79,21 +78,16 @@ class Gumbel(FlatQuantizer):
         self.proj = nn.Linear(self.dim, self.codebook_size, bias=logits == "linear")
         self.embedding = nn.Embedding(self.codebook_size, self.dim)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
-        self._host_step: int | None = None  # the step buffer mirrored on the host: no device sync a step
 
-    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
-        self._host_step = None  # re-read the loaded buffer once
-
-    def _current_step(self) -> int:
-        if self._host_step is None:
-            self._host_step = int(self.step)
-        return self._host_step
+    def _tau(self) -> torch.Tensor:
+        """The temperature of the current training step (exponential schedule), as a tensor computed from the
+        ``step`` buffer: nothing a compiled graph would guard on changes from step to step."""
+        t = (self.step.float() / self.anneal_steps).clamp(max=1.0)
+        return self.tau_start * (self.tau_end / self.tau_start) ** t
 
     def temperature(self) -> float:
         """The temperature of the current training step (exponential schedule)."""
-        t = min(self._current_step() / self.anneal_steps, 1.0)
-        return self.tau_start * (self.tau_end / self.tau_start) ** t
+        return float(self._tau())
 
     def _logits(self, rows: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device_type=rows.device.type, enabled=False):
@@ -107,8 +101,8 @@ class Gumbel(FlatQuantizer):
         indices = logits.detach().argmax(-1)
         if self.training:
             with torch.autocast(device_type=rows.device.type, enabled=False):
-                tau = self.temperature()
-                soft = F.gumbel_softmax(logits, tau=tau, hard=self.hard, dim=-1)
+                tau = self._tau()
+                soft = F.gumbel_softmax(logits, tau=tau, hard=self.hard, dim=-1)  # type: ignore[arg-type]
                 flat_q = soft @ self.embedding.weight.float()
                 log_q = F.log_softmax(logits, dim=-1)
                 q = log_q.exp()
@@ -116,9 +110,8 @@ class Gumbel(FlatQuantizer):
                 loss = self.kl_weight * kl
                 if self.diversity:
                     loss = loss + self.diversity * _spread_loss(q, self.codebook_size)
-            self._host_step = self._current_step() + 1
             self.step += 1
-            stats = {"temperature": torch.tensor(tau)}
+            stats = {"temperature": tau.detach()}
         else:
             flat_q = self.embedding(indices)
             loss = logits.new_zeros(())
