@@ -40,8 +40,19 @@ CODES_DTYPES = {"int32": torch.int32, "int64": torch.int64}
 SINGLE_FILE_LIMIT = 1_800_000_000
 
 
+# Float input further than this outside [-1, 1] is not an image the model was trained on (vqkit.runtime's
+# check uses the same bound).
+INPUT_SLACK = 1e-3
+
+
 class EncodeGraph(nn.Module):
-    """What ``encoder.onnx`` contains: encoder + ``quantizer.quantize``, codes cast to ``codes_dtype``."""
+    """What ``encoder.onnx`` contains: encoder + ``quantizer.quantize``, codes cast to ``codes_dtype``.
+
+    An image holding NaN, infinity or a value outside [-1 - 1e-3, 1 + 1e-3] (0..255 pixels passed as floats,
+    say) gets the code -1 at every position: flagged, since an ONNX graph cannot refuse, and never a valid
+    code (a NaN pixel would otherwise turn every code into 0 unnoticed)."""
+
+    check_input = True
 
     def __init__(self, model: VQVAE, codes_dtype: torch.dtype = torch.int64) -> None:
         super().__init__()
@@ -50,11 +61,22 @@ class EncodeGraph(nn.Module):
         self.codes_dtype = codes_dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.quantizer.quantize(self.encoder(images)).to(self.codes_dtype)
+        codes = self.quantizer.quantize(self.encoder(images)).to(self.codes_dtype)
+        if not self.check_input:
+            return codes
+        # NaN fails both comparisons, so it counts as outside.
+        inside = (images >= -1.0 - INPUT_SLACK) & (images <= 1.0 + INPUT_SLACK)
+        bad = ~inside.flatten(1).all(dim=1)
+        bad = bad.reshape(bad.shape[0], *([1] * (codes.dim() - 1)))
+        return torch.where(bad, torch.full_like(codes, -1), codes)
 
 
 class PixelsEncodeGraph(EncodeGraph):
-    """What ``encoder_uint8.onnx`` contains: uint8 pixels ``[N, H, W, C]`` -> x / 127.5 - 1, NCHW -> codes."""
+    """What ``encoder_uint8.onnx`` contains: uint8 pixels ``[N, H, W, C]`` (resized and cropped to the model's
+    size) -> float32 ``x / 127.5 - 1`` (one division and one subtraction, each rounded to float32), NCHW ->
+    codes. Every uint8 input is a valid image, so nothing is flagged."""
+
+    check_input = False
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         images = pixels.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
