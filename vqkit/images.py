@@ -72,7 +72,8 @@ def _orient(im):
     method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
     if method is None:
         return im
-    transposed = im.transpose(getattr(_pil().Transpose, method))
+    Image = _pil()
+    transposed = im.transpose(getattr(getattr(Image, "Transpose", Image), method))  # no enum before 9.1
     transposed.info = dict(im.info)
     transposed.format = im.format  # what _eight_bit asks
     return transposed
@@ -99,11 +100,22 @@ def _to_mode(im, mode: str):
         return im
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's note that palette transparency is dropped
+        if im.mode == "CMYK":
+            im = _cmyk_to_rgb(im)
         if mode == "RGBA":
             return im.convert("RGBA")
         if im.mode not in ("L", "RGB"):
             im = im.convert("RGB")
         return im.convert(mode)
+
+
+def _cmyk_to_rgb(im):
+    """CMYK -> RGB as browsers compute it: each channel floor((255 - C) * (255 - K) / 255). (Pillow's convert
+    rounds instead; a browser page cannot reach the ink values to round them, so the contract floors.)"""
+    ink = np.asarray(im, dtype=np.int64)
+    light = 255 - ink
+    rgb = (light[..., :3] * light[..., 3:]) // 255
+    return _pil().fromarray(rgb.astype(np.uint8), "RGB")
 
 
 def open_image(source, channels: int, name: str | None = None):

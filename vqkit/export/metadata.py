@@ -44,8 +44,8 @@ def preprocessing(channels: int, image_size: int) -> dict[str, Any]:
         "sample (grey+alpha, RGB, RGBA) as its high byte v >> 8; float samples in [0, 1] as round(v * 255), "
         "others refused",
         "convert": f"to {mode!r}: palette entries looked up (their tRNS alpha is alpha); CMYK to RGB as "
-        "round((255 - C) * (255 - K) / 255) per channel (C, M, Y, K as the file's non-inverted ink); grey to "
-        "RGB by copying",
+        "floor((255 - C) * (255 - K) / 255) per channel (C, M, Y, K the file's non-inverted ink, as browsers "
+        "convert it); grey to RGB by copying",
         "resize": {
             "when": f"the converted image is not already {s}x{s}",
             "scale": f"{s} / min(width, height)",
