@@ -332,6 +332,7 @@ def test_every_client_gives_vqkits_codes_on_awkward_images(agreement: dict) -> N
             )
 
 
+@pytest.mark.filterwarnings("ignore:Palette images with Transparency")
 def test_vqkit_reads_the_awkward_images_as_the_contract_says(tmp_path: Path) -> None:
     """The contract's decode rules, checked on vqkit's own reader: EXIF orientation applied, 16-bit grey
     rounded and 16-bit colour by its high byte, palette colour kept under transparency, CMYK by its (browsers') formula."""
@@ -344,6 +345,12 @@ def test_vqkit_reads_the_awkward_images_as_the_contract_says(tmp_path: Path) -> 
         oriented, np.rot90(raw, -1)
     )  # 6: 90 degrees clockwise
     assert rgb16.shape == (38, 53, 3) and grey16.shape == (61, 40)
+    # The bit-depth rules on known samples: 16-bit grey rounded, 16-bit colour by its high byte.
+    samples = np.array([[0, 255, 256, 383, 384, 65535]], dtype=np.uint16)
+    _png16(tmp_path / "g.png", samples, 0)
+    assert read_images([tmp_path / "g.png"], 1)[0, 0].tolist() == [[0, 1, 1, 1, 1, 255]]
+    _png16(tmp_path / "c.png", np.repeat(samples[..., None], 3, axis=2), 2)
+    assert read_images([tmp_path / "c.png"], 3)[0, 0].tolist() == [[0, 0, 1, 1, 1, 255]]
     with Image.open(paths["palette_trns_50x33.png"]) as im:
         palette = np.asarray(im.convert("RGB"))
     assert np.array_equal(read_images([paths["palette_trns_50x33.png"]], 3)[0].transpose(1, 2, 0), palette)
