@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,19 @@ CODES_DTYPES = {"int32": torch.int32, "int64": torch.int64}
 SINGLE_FILE_LIMIT = 1_800_000_000
 
 
+# Float input further than this outside [-1, 1] is not an image the model was trained on (vqkit.runtime's
+# check uses the same bound).
+INPUT_SLACK = 1e-3
+
+
 class EncodeGraph(nn.Module):
-    """What ``encoder.onnx`` contains: encoder + ``quantizer.quantize``, codes cast to ``codes_dtype``."""
+    """What ``encoder.onnx`` contains: encoder + ``quantizer.quantize``, codes cast to ``codes_dtype``.
+
+    An image holding NaN, infinity or a value outside [-1 - 1e-3, 1 + 1e-3] (0..255 pixels passed as floats,
+    say) gets the code -1 at every position: flagged, since an ONNX graph cannot refuse, and never a valid
+    code (a NaN pixel would otherwise turn every code into 0 unnoticed)."""
+
+    check_input = True
 
     def __init__(self, model: VQVAE, codes_dtype: torch.dtype = torch.int64) -> None:
         super().__init__()
@@ -50,11 +62,56 @@ class EncodeGraph(nn.Module):
         self.codes_dtype = codes_dtype
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.quantizer.quantize(self.encoder(images)).to(self.codes_dtype)
+        codes = self.quantizer.quantize(self.encoder(images)).to(self.codes_dtype)
+        if not self.check_input:
+            return codes
+        # NaN fails both comparisons, so it counts as outside.
+        inside = (images >= -1.0 - INPUT_SLACK) & (images <= 1.0 + INPUT_SLACK)
+        bad = ~_per_image(inside)
+        bad = bad.reshape(bad.shape[0], *([1] * (codes.dim() - 1)))
+        return torch.where(bad, torch.full_like(codes, -1), codes)
+
+
+def _per_image(flags: torch.Tensor) -> torch.Tensor:
+    """``[B, ...]`` booleans -> ``[B]``: all true. Reduced axis by axis, not flattened: a flatten exports as a
+    Reshape to ``[batch, -1]``, which ONNX Runtime cannot resolve for an empty batch."""
+    for dim in range(flags.dim() - 1, 0, -1):
+        flags = flags.all(dim=dim)
+    return flags
+
+
+def _group_norm(self: nn.GroupNorm, x: torch.Tensor) -> torch.Tensor:
+    """``nn.GroupNorm.forward`` as exported: the same maths with every reshape spelled out. The exporter's own
+    translation reshapes to ``[batch, groups, -1]``, which ONNX Runtime refuses for an empty batch."""
+    b, g = x.shape[0], self.num_groups
+    per_group = math.prod(x.shape[1:]) // g  # channels and spatial sizes are static; only the batch varies
+    xg = x.reshape(b, g, per_group)
+    mean = xg.mean(dim=2, keepdim=True)
+    centred = xg - mean
+    var = (centred * centred).mean(dim=2, keepdim=True)
+    y = (centred / torch.sqrt(var + self.eps)).reshape(x.shape)
+    if self.affine:
+        shape = (1, x.shape[1], *([1] * (x.dim() - 2)))
+        y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+    return y
+
+
+@contextlib.contextmanager
+def _exportable_group_norm():
+    original = nn.GroupNorm.forward
+    nn.GroupNorm.forward = _group_norm  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        nn.GroupNorm.forward = original  # type: ignore[method-assign]
 
 
 class PixelsEncodeGraph(EncodeGraph):
-    """What ``encoder_uint8.onnx`` contains: uint8 pixels ``[N, H, W, C]`` -> x / 127.5 - 1, NCHW -> codes."""
+    """What ``encoder_uint8.onnx`` contains: uint8 pixels ``[N, H, W, C]`` (resized and cropped to the model's
+    size) -> float32 ``x / 127.5 - 1`` (one division and one subtraction, each rounded to float32), NCHW ->
+    codes. Every uint8 input is a valid image, so nothing is flagged."""
+
+    check_input = False
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         images = pixels.permute(0, 3, 1, 2).to(torch.float32) / 127.5 - 1.0
@@ -76,7 +133,7 @@ class DecodeGraph(nn.Module):
         codes = codes.to(torch.int64)
         valid = (codes >= 0) & (codes < self.codebook_size)
         images = self.decoder(self.quantizer.dequantize(torch.where(valid, codes, torch.zeros_like(codes))))
-        bad = ~valid.flatten(1).all(dim=1)
+        bad = ~_per_image(valid)
         return torch.where(bad[:, None, None, None], torch.full_like(images, float("nan")), images)
 
 
@@ -176,6 +233,7 @@ class OnnxExporter:
                 warnings.catch_warnings(),
                 contextlib.redirect_stdout(sink),
                 contextlib.redirect_stderr(sink),
+                _exportable_group_norm(),
             ):
                 warnings.simplefilter("ignore")
                 torch.onnx.export(

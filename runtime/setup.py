@@ -8,7 +8,7 @@ same import with either distribution installed (install one of the two: ``vqkit`
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-RUNTIME_MODULES = {"__init__", "_version", "errors", "images", "runtime"}
+RUNTIME_MODULES = {"__init__", "_version", "errors", "images", "resample", "runtime"}
 
 
 class RuntimeModulesOnly(build_py):

@@ -225,8 +225,18 @@ def test_parity_tells_float_ties_from_real_mismatches() -> None:
         model.quantizer.embedding.weight[spare] = model.quantizer.embedding.weight[used]
     tied = check_parity(model, _TorchRunner(model, {used: spare}), images)
     n = int((codes == used).sum())
-    assert tied.passed and tied.codes_mismatched == tied.codes_tied == n
-    assert all(m.tie and abs(m.margin) < 1e-9 for m in tied.mismatches)
+    # An exact tie (both codes exactly as near) is named as such, counted, and never a failure.
+    assert tied.passed and tied.codes_mismatched == tied.codes_tied == tied.codes_exact_ties == n
+    assert all(m.tie and m.exact_tie and m.margin == 0 for m in tied.mismatches)
+    assert f"{n} differ by an exact tie" in tied.format() and "exact tie image" in tied.format()
+    strict = check_parity(model, _TorchRunner(model, {used: spare}), images, tie_tolerance=0.0)
+    assert strict.passed and strict.codes_exact_ties == n
+    with torch.no_grad():  # a hair further: a float32 near-tie, tolerated by default, not at tolerance 0
+        model.quantizer.embedding.weight[spare] *= 1 + 1e-7
+    m = int((model.encode(torch.from_numpy(images).float() / 127.5 - 1) == used).sum())
+    near = check_parity(model, _TorchRunner(model, {used: spare}), images)
+    assert m > 0 and near.passed and near.codes_tied == m and near.codes_exact_ties == 0
+    assert f"{m} differ by a float32 near-tie" in near.format() and "near-tie image" in near.format()
     strict = check_parity(model, _TorchRunner(model, {used: spare}), images, tie_tolerance=0.0)
     assert not strict.passed and strict.codes_tied == 0 and "MISMATCH" in strict.format()
     with torch.no_grad():

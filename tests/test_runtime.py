@@ -121,7 +121,7 @@ def test_bad_tokenizer_folders(tmp_path: Path, exported: tuple[vqkit.VQVAE, Path
     (tmp_path / "decoder.onnx").write_bytes(b"garbage")
     with pytest.raises(VQKitError, match="ONNX Runtime cannot load"):
         Tokenizer(tmp_path)
-    with pytest.raises(VQKitError, match="provider 'tpu' is not available"):
+    with pytest.raises(VQKitError, match="providers 'tpu' are not available"):
         Tokenizer(exported[1], providers=["tpu"])
 
 
@@ -221,3 +221,85 @@ def test_cli_mistakes_are_one_line(exported: tuple[vqkit.VQVAE, Path], tmp_path:
     for args, message in cases:
         code, text = run(*args)
         assert code == 1 and message in text and text.strip().count("\n") == 0, text
+
+
+def test_provider_lists_are_an_order_of_preference(exported: tuple[vqkit.VQVAE, Path]) -> None:
+    import onnxruntime as ort
+
+    tok = Tokenizer(exported[1], providers=["cuda", "cpu"])  # the README's line, with whichever onnxruntime
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    assert tok.providers == (["CUDAExecutionProvider"] if has_cuda else []) + ["CPUExecutionProvider"]
+    if not has_cuda:
+        with pytest.raises(VQKitError, match="'cuda' is not available.*onnxruntime-gpu"):
+            Tokenizer(exported[1], providers="cuda")  # one name asked for: that one or an error
+    with pytest.raises(VQKitError, match="'tpu', 'npu' are not available"):
+        Tokenizer(exported[1], providers=["tpu", "npu"])
+
+
+def test_exports_of_a_newer_format_are_refused_older_ones_load(
+    tmp_path: Path, exported: tuple[vqkit.VQVAE, Path]
+) -> None:
+    import shutil
+
+    from vqkit.export import METADATA_VERSION
+    from vqkit.runtime import FORMAT_VERSION
+
+    assert FORMAT_VERSION == METADATA_VERSION == 3
+    folder = tmp_path / "tok"
+    shutil.copytree(exported[1], folder)
+    info = json.loads((folder / "vqkit.json").read_text())
+    for version, ok in ((2, True), (1, True), (4, False), ("3", False)):
+        (folder / "vqkit.json").write_text(json.dumps({**info, "format_version": version}))
+        if ok:
+            assert Tokenizer(folder).encode(_digits(2)).shape == (2, 4, 4)
+        else:
+            with pytest.raises(VQKitError, match="export format .* reads formats up to 3"):
+                Tokenizer(folder)
+
+
+def test_float_encoder_graph_flags_nan_and_out_of_range_images(exported: tuple[vqkit.VQVAE, Path]) -> None:
+    """An ONNX graph cannot refuse input: an image with NaN, infinity or values outside [-1, 1] gets code -1
+    everywhere (a NaN pixel used to turn every code into 0); the others in the batch are unaffected. The
+    runtime refuses such input before the graph sees it."""
+    import onnxruntime as ort
+
+    model, folder = exported
+    session = ort.InferenceSession(str(folder / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    x = np.repeat(load_mnist5k("test")[0][:5], 3, axis=1).astype(np.float32) / np.float32(127.5) - 1
+    x[1, 0, 3, 3] = np.nan
+    x[2, 2, 0, 0] = np.inf
+    x[3] = (x[3] + 1) * 127.5  # 0..255 passed as floats
+    x[4, 1, 5, 5] = 1.0009  # within the slack: a valid image
+    codes = session.run(None, {"images": x})[0]
+    want = model.encode(torch.from_numpy(np.clip(x[[0, 4]], -1, 1))).numpy()
+    assert (codes[1:4] == -1).all()
+    assert np.array_equal(codes[[0, 4]], want)
+    with pytest.raises(VQKitError, match="NaN or infinity"):
+        Tokenizer(folder).encode(x[1])
+
+
+@pytest.mark.parametrize("arch", ["conv3", "resnet"])
+def test_graphs_take_an_empty_batch(tmp_path: Path, arch: str) -> None:
+    """The graphs themselves, not only the runtime, accept a batch of 0 (resnet's GroupNorm used to export as
+    a reshape ONNX Runtime refuses then); the export's parity check still passes."""
+    import onnxruntime as ort
+
+    options = {"downsample": 4, "widths": [8, 16], "norm_groups": 4} if arch == "resnet" else {}
+    mirror = {**options, "widths": [16, 8]} if arch == "resnet" else {}
+    model = vqkit.build_model(
+        arch, "vq", channels=3, codebook_size=32, latent_dim=8, seed=0,
+        encoder_options=options, decoder_options=mirror,
+    ).eval()  # fmt: skip
+    report = export(model, tmp_path / "tok", num_images=16)
+    assert report.parity.passed
+    h, w = model.grid
+    for graph, x in (
+        ("encoder", np.zeros((0, 3, 32, 32), np.float32)),
+        ("decoder", np.zeros((0, h, w), np.int32)),
+    ):
+        session = ort.InferenceSession(
+            str(tmp_path / "tok" / f"{graph}.onnx"), providers=["CPUExecutionProvider"]
+        )
+        out = session.run(None, {session.get_inputs()[0].name: x})[0]
+        assert out.shape[0] == 0
+    assert Tokenizer(tmp_path / "tok").encode(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, h, w)

@@ -62,9 +62,66 @@ def _eight_bit(im, name: str):
     return Image.fromarray(eight.astype(np.uint8), "L")
 
 
+def _orient(im):
+    """Apply the file's EXIF Orientation tag (0x0112), as browsers and photo viewers do; values other than
+    2..8 (or no EXIF) leave the image as stored."""
+    try:
+        orientation = im.getexif().get(0x0112)
+    except Exception:  # a damaged EXIF block is no reason to refuse the pixels
+        return im
+    method = _ORIENTATIONS.get(orientation) if isinstance(orientation, int) else None
+    if method is None:
+        return im
+    Image = _pil()
+    transposed = im.transpose(getattr(getattr(Image, "Transpose", Image), method))  # no enum before 9.1
+    transposed.info = dict(im.info)
+    transposed.format = im.format  # what _eight_bit asks
+    return transposed
+
+
+_ORIENTATIONS = {
+    2: "FLIP_LEFT_RIGHT",
+    3: "ROTATE_180",
+    4: "FLIP_TOP_BOTTOM",
+    5: "TRANSPOSE",
+    6: "ROTATE_270",
+    7: "TRANSVERSE",
+    8: "ROTATE_90",
+}
+
+
+def _to_mode(im, mode: str):
+    """Pillow's conversion to ``mode``, with the steps the export metadata names made explicit: anything
+    not grey/RGB goes to RGB (or RGBA) first, so grey is always the luma of RGB; alpha is dropped (never
+    composited) for ``L`` and ``RGB``. Palette transparency only reaches a four-channel image."""
+    import warnings
+
+    if im.mode == mode:
+        return im
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's note that palette transparency is dropped
+        if im.mode == "CMYK":
+            im = _cmyk_to_rgb(im)
+        if mode == "RGBA":
+            return im.convert("RGBA")
+        if im.mode not in ("L", "RGB"):
+            im = im.convert("RGB")
+        return im.convert(mode)
+
+
+def _cmyk_to_rgb(im):
+    """CMYK -> RGB as browsers compute it: each channel floor((255 - C) * (255 - K) / 255). (Pillow's convert
+    rounds instead; a browser page cannot reach the ink values to round them, so the contract floors.)"""
+    ink = np.asarray(im, dtype=np.int64)
+    light = 255 - ink
+    rgb = (light[..., :3] * light[..., 3:]) // 255
+    return _pil().fromarray(rgb.astype(np.uint8), "RGB")
+
+
 def open_image(source, channels: int, name: str | None = None):
-    """A decoded Pillow image in the mode for ``channels`` (1 ``L``, 3 ``RGB``, 4 ``RGBA``), high-bit-depth
-    pixels scaled to 8 bits. ``source``: a path or a binary file object. Raises VQKitError naming the file."""
+    """A decoded Pillow image in the mode for ``channels`` (1 ``L``, 3 ``RGB``, 4 ``RGBA``): EXIF orientation
+    applied, high-bit-depth pixels scaled to 8 bits. ``source``: a path or a binary file object. Raises
+    VQKitError naming the file."""
     Image = _pil()
     label = name if name is not None else str(source)
     mode = _MODES.get(channels)
@@ -79,7 +136,7 @@ def open_image(source, channels: int, name: str | None = None):
                     "vqkit decodes (8192x8192); a decompression bomb, or a picture to scale down first"
                 )
             im.load()
-            return _eight_bit(im, label).convert(mode)
+            return _to_mode(_eight_bit(_orient(im), label), mode)
     except VQKitError:
         raise
     except FileNotFoundError:
@@ -89,15 +146,21 @@ def open_image(source, channels: int, name: str | None = None):
 
 
 def centre_square(im, size: int):
-    """Resize (shorter side to ``size``, bicubic) and centre-crop a Pillow image to ``size x size``."""
+    """Resize (shorter side to ``size``) and centre-crop a Pillow image to ``size x size`` with vqkit's own
+    bicubic resize (``vqkit.resample``: exactly specified, the same whatever Pillow is installed)."""
     if im.size == (size, size):
         return im
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-    im = im.resize((nw, nh), _pil().BICUBIC)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    return im.crop((left, top, left + size, top + size))
+    from vqkit.resample import centre_square as square
+
+    arr = to_hwc(im)
+    out = square(arr, size)
+    return _pil().fromarray(out[:, :, 0] if out.shape[2] == 1 else out, im.mode)
+
+
+def to_hwc(im) -> np.ndarray:
+    """A Pillow image -> uint8 ``[H, W, C]``."""
+    arr = np.asarray(im, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def to_chw(im) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Run an exported tokenizer (``vqkit export``) with ONNX Runtime and numpy alone: no torch import.
 
     from vqkit.runtime import Tokenizer
-    tok = Tokenizer("tokenizer/")                   # providers=["CUDAExecutionProvider", ...] or "cuda"
+    tok = Tokenizer("tokenizer/")                   # providers=["cuda", "cpu"]: the first available
     codes = tok.encode(images)                      # int64 [N, h, w] (or [N, h, w, S])
     images = tok.decode(codes)                      # float32 [N, C, H, W] in [-1, 1]; uint8=True: [N, H, W, C]
 
@@ -43,6 +43,9 @@ from vqkit.errors import ShapeError, VQKitError
 from vqkit.images import read_images
 
 METADATA_FILE = "vqkit.json"  # the same name vqkit.export writes; kept here so this module stays torch-free
+# The newest export format this module reads (vqkit.export.metadata.METADATA_VERSION; a test keeps them equal).
+# Formats 1 and 2 read too: their graphs are the same; their preprocessing text predates the stated contract.
+FORMAT_VERSION = 3
 _PROVIDER_ALIASES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
@@ -51,21 +54,27 @@ class TokenizerError(VQKitError):
 
 
 def _resolve_providers(providers: str | Sequence[str] | None) -> list[str]:
+    """``None``: the CPU. One name: that provider, or an error if this ONNX Runtime lacks it. A list: an order
+    of preference, of which the ones this ONNX Runtime has are used (``["cuda", "cpu"]`` runs on the CPU with
+    the CPU-only onnxruntime package, on the GPU with onnxruntime-gpu); an error only if it has none of them."""
     import onnxruntime as ort
 
     if providers is None:
         return ["CPUExecutionProvider"]
-    if isinstance(providers, str):
-        providers = [providers]
+    single = isinstance(providers, str)
+    names = [providers] if single else list(providers)
+    if not names or not all(isinstance(p, str) for p in names):
+        raise TokenizerError(f"providers must be a name or a list of names, got {providers!r}")
     available = ort.get_available_providers()
-    out = []
-    for p in providers:
-        name = _PROVIDER_ALIASES.get(p.lower(), p)
-        if name not in available:
-            raise TokenizerError(
-                f"ONNX Runtime provider {p!r} is not available here; available: {', '.join(available)}"
-            )
-        out.append(name)
+    wanted = [_PROVIDER_ALIASES.get(p.lower(), p) for p in names]
+    out = [name for name in dict.fromkeys(wanted) if name in available]
+    if not out or (single and wanted[0] not in available):
+        asked = ", ".join(map(repr, names))
+        noun = "provider {} is" if single else "providers {} are"
+        raise TokenizerError(
+            f"ONNX Runtime {noun.format(asked)} not available here; available: {', '.join(available)}"
+            + (" (CUDA needs the onnxruntime-gpu package)" if "CUDAExecutionProvider" in wanted else "")
+        )
     return out
 
 
@@ -208,6 +217,12 @@ class Tokenizer:
             raise TokenizerError(f"{info_path} is not readable JSON ({exc})") from exc
         if not isinstance(info, dict) or info.get("format") != "vqkit.export":
             raise TokenizerError(f"{info_path} does not describe a vqkit export")
+        version = info.get("format_version", 1)
+        if not isinstance(version, int) or isinstance(version, bool) or version > FORMAT_VERSION:
+            raise TokenizerError(
+                f"{info_path} is export format {version!r}; this vqkit reads formats up to {FORMAT_VERSION} "
+                "(upgrade vqkit / vqkit-runtime to use it)"
+            )
         return info
 
     def _open(self, role: str, name: Any, options: Any) -> Any:
@@ -368,6 +383,8 @@ class Tokenizer:
         """Images (see the module docstring) -> int64 codes ``[N, h, w]`` (``[h, w]`` for one image)."""
         x, single = self.images_to_model(images)
         codes = self._run("encoder", x, max(1, int(batch_size))).astype(np.int64, copy=False)
+        if codes.size and codes.min() < 0:  # the graph's flag for input outside [-1, 1] (or NaN)
+            raise ShapeError("the encoder graph flagged an image as invalid input (NaN or outside [-1, 1])")
         return codes[0] if single else codes
 
     def decode(self, codes: Any, batch_size: int = 256, uint8: bool = False) -> np.ndarray:

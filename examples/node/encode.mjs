@@ -1,9 +1,9 @@
-// node encode.mjs TOKENIZER_DIR IMAGE.png [IMAGE.png ...] > codes.json
+// node encode.mjs TOKENIZER_DIR IMAGE [IMAGE ...] > codes.json   (PNG or JPEG images)
 // Reads only TOKENIZER_DIR/encoder.onnx and decoder.onnx (their own metadata says how to preprocess).
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import * as ort from "onnxruntime-node";
-import { PNG } from "pngjs";
+import { readPicture } from "./picture.mjs";
 import { openTokenizer } from "./vqkit.mjs";
 
 const [folder, ...images] = process.argv.slice(2);
@@ -19,8 +19,7 @@ const tok = await openTokenizer(
 const rows = [];
 let shape = null;
 for (const path of images) {
-  const png = PNG.sync.read(readFileSync(path)); // RGBA, 8 bits per channel
-  const out = await tok.encode(png.data, png.width, png.height);
+  const out = await tok.encode(await readPicture(path)); // PNG or JPEG, decoded as the graph's metadata says
   rows.push(out.codes);
   shape = out.shape;
 }

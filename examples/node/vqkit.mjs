@@ -1,8 +1,11 @@
 // Run a vqkit tokenizer from its .onnx files alone: read the description each graph carries in its own
-// metadata_props (vqkit.json is not needed), preprocess an image exactly as vqkit does (vqkit.images.read_image:
-// Pillow's mode conversion, shorter-side bicubic resize, centre crop, x / 127.5 - 1), and turn codes back into
-// pixels. No dependencies: it runs in Node.js (examples/node) and in the browser (examples/web) alike; the
-// caller brings onnxruntime-node or onnxruntime-web and decodes the image file to RGBA pixels.
+// metadata_props (vqkit.json is not needed), turn an image file into the encoder's input exactly as the
+// description's preprocessing says (decode, EXIF orientation, bit depth, mode conversion, vqkit's bicubic
+// resize with the width pass first, centre crop, float32 x / 127.5 - 1), and turn codes back into pixels.
+// No dependencies: it runs in Node.js (examples/node) and in the browser (examples/web) alike. PNG files are
+// decoded here (every colour type, bit depth, palette, tRNS and interlacing: the browser's canvas would lose
+// colour under transparent pixels and 16-bit precision); the caller brings `inflate` (zlib) and, for other
+// formats, the decoded pixels.
 
 // --- the graph's own metadata --------------------------------------------------------------------------------
 function readVarint(bytes, at) {
@@ -60,15 +63,215 @@ export function describeGraph(bytes) {
   return JSON.parse(props.vqkit_json);
 }
 
-// --- preprocessing, as vqkit.images.read_image does it with Pillow ---------------------------------------------
-// Pillow's convert(): "L" uses ITU-R 601-2 luma in fixed point; alpha is dropped, not composited.
-function convertMode(rgba, width, height, channels) {
-  const n = width * height;
+// --- decoded pictures ------------------------------------------------------------------------------------------
+// A picture is { width, height, bands, data }: 8-bit samples, interleaved; bands 1 grey, 2 grey + alpha,
+// 3 RGB, 4 RGBA, or "CMYK" (4 bands of non-inverted ink).
+
+// EXIF (a TIFF structure) -> the Orientation tag (0x0112), or 1.
+export function exifOrientation(tiff) {
+  if (!tiff || tiff.length < 8) return 1;
+  const little = tiff[0] === 0x49 && tiff[1] === 0x49;
+  if (!little && !(tiff[0] === 0x4d && tiff[1] === 0x4d)) return 1;
+  const u16 = (at) => (little ? tiff[at] | (tiff[at + 1] << 8) : (tiff[at] << 8) | tiff[at + 1]);
+  const u32 = (at) => (little ? u16(at) + u16(at + 2) * 65536 : u16(at) * 65536 + u16(at + 2));
+  const ifd = u32(4);
+  if (ifd + 2 > tiff.length) return 1;
+  const count = u16(ifd);
+  for (let i = 0; i < count; i++) {
+    const entry = ifd + 2 + 12 * i;
+    if (entry + 12 > tiff.length) break;
+    if (u16(entry) === 0x0112 && u16(entry + 2) === 3) return u16(entry + 8);
+  }
+  return 1;
+}
+
+// A JPEG's APP1 Exif block -> its orientation (1 without one).
+export function jpegOrientation(bytes) {
+  let at = 2;
+  while (at + 4 <= bytes.length && bytes[at] === 0xff) {
+    const marker = bytes[at + 1];
+    const length = (bytes[at + 2] << 8) | bytes[at + 3];
+    if (marker === 0xda || marker === 0xd9) break; // start of scan: no more metadata
+    const body = bytes.subarray(at + 4, at + 2 + length);
+    if (marker === 0xe1 && String.fromCharCode(...body.subarray(0, 6)) === "Exif\0\0") {
+      return exifOrientation(body.subarray(6));
+    }
+    at += 2 + length;
+  }
+  return 1;
+}
+
+// Apply an EXIF orientation (2..8) to a picture, as the description's preprocessing.orientation says.
+export function orient(pic, orientation) {
+  if (!(orientation >= 2 && orientation <= 8)) return pic;
+  const { width: w, height: h, data } = pic;
+  const n = pic.bands === "CMYK" ? 4 : pic.bands;
+  const swap = orientation >= 5;
+  const ow = swap ? h : w;
+  const oh = swap ? w : h;
+  const out = new Uint8Array(ow * oh * n);
+  for (let y = 0; y < oh; y++) {
+    for (let x = 0; x < ow; x++) {
+      let sx, sy;
+      switch (orientation) {
+        case 2: sx = w - 1 - x; sy = y; break; // mirror left-right
+        case 3: sx = w - 1 - x; sy = h - 1 - y; break; // rotate 180
+        case 4: sx = x; sy = h - 1 - y; break; // mirror top-bottom
+        case 5: sx = y; sy = x; break; // transpose
+        case 6: sx = y; sy = h - 1 - x; break; // rotate 90 clockwise
+        case 7: sx = w - 1 - y; sy = h - 1 - x; break; // transverse
+        default: sx = w - 1 - y; sy = x; // 8: rotate 90 counter-clockwise
+      }
+      const from = (sy * w + sx) * n;
+      out.set(data.subarray(from, from + n), (y * ow + x) * n);
+    }
+  }
+  return { ...pic, width: ow, height: oh, data: out };
+}
+
+// --- PNG, decoded by the description's rules ---------------------------------------------------------------
+const PNG_SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
+export function isPng(bytes) {
+  return PNG_SIGNATURE.every((b, i) => bytes[i] === b);
+}
+
+function paeth(a, b, c) {
+  const p = a + b - c;
+  const pa = Math.abs(p - a), pb = Math.abs(p - b), pc = Math.abs(p - c);
+  return pa <= pb && pa <= pc ? a : pb <= pc ? b : c;
+}
+
+// One (sub)image's filtered scanlines -> unfiltered rows of bytes.
+function unfilter(raw, at, rows, rowBytes, bpp) {
+  const out = new Uint8Array(rows * rowBytes);
+  for (let y = 0; y < rows; y++) {
+    const filter = raw[at++];
+    const row = y * rowBytes;
+    for (let i = 0; i < rowBytes; i++) {
+      const x = raw[at++];
+      const a = i >= bpp ? out[row + i - bpp] : 0;
+      const b = y > 0 ? out[row - rowBytes + i] : 0;
+      const c = i >= bpp && y > 0 ? out[row - rowBytes + i - bpp] : 0;
+      const pred = filter === 0 ? 0 : filter === 1 ? a : filter === 2 ? b : filter === 3 ? (a + b) >> 1 : paeth(a, b, c);
+      if (filter > 4) throw new Error(`not a valid PNG (filter type ${filter})`);
+      out[row + i] = (x + pred) & 0xff;
+    }
+  }
+  return [out, at];
+}
+
+// `inflate(Uint8Array) -> Promise<Uint8Array> | Uint8Array` undoes zlib (Node: zlib.inflateSync; the browser:
+// DecompressionStream("deflate")).
+export async function decodePng(bytes, inflate) {
+  if (!isPng(bytes)) throw new Error("not a PNG file");
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let at = 8;
+  let ihdr = null, palette = null, trns = null, orientation = 1;
+  const idat = [];
+  while (at + 8 <= bytes.length) {
+    const length = view.getUint32(at);
+    const type = String.fromCharCode(...bytes.subarray(at + 4, at + 8));
+    const body = bytes.subarray(at + 8, at + 8 + length);
+    if (type === "IHDR") {
+      const v = new DataView(body.buffer, body.byteOffset, body.byteLength);
+      ihdr = { width: v.getUint32(0), height: v.getUint32(4), depth: body[8], type: body[9], interlace: body[12] };
+    } else if (type === "PLTE") palette = body;
+    else if (type === "tRNS") trns = body;
+    else if (type === "eXIf") orientation = exifOrientation(body);
+    else if (type === "IDAT") idat.push(body);
+    else if (type === "IEND") break;
+    at += 12 + length;
+  }
+  if (!ihdr || idat.length === 0) throw new Error("not a valid PNG (no IHDR or image data)");
+  const { width, height, depth, type, interlace } = ihdr;
+  const samples = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 }[type];
+  if (samples === undefined) throw new Error(`not a valid PNG (colour type ${type})`);
+  const joined = new Uint8Array(idat.reduce((n, c) => n + c.length, 0));
+  idat.reduce((o, c) => (joined.set(c, o), o + c.length), 0);
+  const raw = await inflate(joined);
+  const bpp = Math.max(1, (samples * depth) >> 3);
+  const bands = type === 3 ? (trns ? 4 : 3) : samples;
+  const data = new Uint8Array(width * height * bands);
+  const maxLow = (1 << depth) - 1;
+  // One sample -> 8 bits: the description's bit_depth rule.
+  const eight = (v) => {
+    if (type === 3) return v; // a palette index
+    if (depth < 8) return (v * 255) / maxLow;
+    if (depth === 8) return v;
+    return type === 0 ? Math.floor((v * 255 + 32767) / 65535) : v >> 8;
+  };
+  const passes = interlace
+    ? [[0, 0, 8, 8], [4, 0, 8, 8], [0, 4, 4, 8], [2, 0, 4, 4], [0, 2, 2, 4], [1, 0, 2, 2], [0, 1, 1, 2]]
+    : [[0, 0, 1, 1]];
+  let pos = 0;
+  for (const [x0, y0, dx, dy] of passes) {
+    const pw = Math.ceil((width - x0) / dx);
+    const ph = Math.ceil((height - y0) / dy);
+    if (pw <= 0 || ph <= 0) continue;
+    const rowBytes = Math.ceil((pw * samples * depth) / 8);
+    let rows;
+    [rows, pos] = unfilter(raw, pos, ph, rowBytes, bpp);
+    for (let y = 0; y < ph; y++) {
+      for (let x = 0; x < pw; x++) {
+        const values = [];
+        for (let s = 0; s < samples; s++) {
+          const index = x * samples + s;
+          let v;
+          if (depth === 16) v = (rows[y * rowBytes + 2 * index] << 8) | rows[y * rowBytes + 2 * index + 1];
+          else if (depth === 8) v = rows[y * rowBytes + index];
+          else {
+            const bit = index * depth;
+            v = (rows[y * rowBytes + (bit >> 3)] >> (8 - depth - (bit & 7))) & maxLow;
+          }
+          values.push(eight(v));
+        }
+        const o = ((y0 + y * dy) * width + (x0 + x * dx)) * bands;
+        if (type === 3) {
+          const i = values[0];
+          for (let c = 0; c < 3; c++) data[o + c] = palette && 3 * i + c < palette.length ? palette[3 * i + c] : 0;
+          if (trns) data[o + 3] = i < trns.length ? trns[i] : 255;
+        } else for (let s = 0; s < samples; s++) data[o + s] = values[s];
+      }
+    }
+  }
+  return orient({ width, height, bands, data }, orientation);
+}
+
+// --- JPEG colour, as libjpeg(-turbo) computes it (what vqkit's Pillow uses) ----------------------------------
+const FIX = (x) => Math.floor(x * 65536 + 0.5);
+// Raw YCbCr samples (interleaved) -> RGB with libjpeg's 16-bit fixed-point tables (jdcolor.c).
+export function ycbcrToRgb(data) {
+  const out = new Uint8Array(data.length);
+  const clip = (v) => (v < 0 ? 0 : v > 255 ? 255 : v);
+  for (let i = 0; i < data.length; i += 3) {
+    const y = data[i], cb = data[i + 1] - 128, cr = data[i + 2] - 128;
+    out[i] = clip(y + Math.floor((FIX(1.402) * cr + 32768) / 65536));
+    out[i + 1] = clip(y + Math.floor((-FIX(0.34414) * cb + 32768 - FIX(0.71414) * cr) / 65536));
+    out[i + 2] = clip(y + Math.floor((FIX(1.772) * cb + 32768) / 65536));
+  }
+  return out;
+}
+
+// --- preprocessing ---------------------------------------------------------------------------------------------
+// A picture -> the model's channels (description's convert/alpha/grey_conversion): alpha dropped, never
+// composited; CMYK to RGB; grey copied to RGB; RGB to grey by ITU-R 601-2 luma in fixed point.
+function convertMode(pic, channels) {
+  const n = pic.width * pic.height;
   const out = new Uint8Array(n * channels);
+  const d = pic.data;
   for (let i = 0; i < n; i++) {
-    const r = rgba[4 * i], g = rgba[4 * i + 1], b = rgba[4 * i + 2];
-    if (channels === 1) out[i] = Math.floor((r * 19595 + g * 38470 + b * 7471 + 0x8000) / 65536);
-    else for (let c = 0; c < channels; c++) out[channels * i + c] = rgba[4 * i + c];
+    let r, g, b;
+    if (pic.bands === "CMYK") {
+      const k = 255 - d[4 * i + 3];
+      const ink = (c) => Math.floor(((255 - c) * k) / 255); // as browsers convert CMYK
+      [r, g, b] = [ink(d[4 * i]), ink(d[4 * i + 1]), ink(d[4 * i + 2])];
+    } else if (pic.bands <= 2) {
+      r = g = b = d[pic.bands * i];
+    } else {
+      [r, g, b] = [d[pic.bands * i], d[pic.bands * i + 1], d[pic.bands * i + 2]];
+    }
+    if (channels === 1) out[i] = pic.bands <= 2 ? r : Math.floor((r * 19595 + g * 38470 + b * 7471 + 0x8000) / 65536);
+    else [out[3 * i], out[3 * i + 1], out[3 * i + 2]] = [r, g, b];
   }
   return out;
 }
@@ -82,7 +285,7 @@ function roundHalfEven(x) {
   return f % 2 === 0 ? f : f + 1;
 }
 
-const PRECISION_BITS = 32 - 8 - 2; // Pillow's Resample.c fixed point
+const PRECISION_BITS = 22; // the description's resize.weights: 22-bit fixed point
 function bicubic(x) {
   const a = -0.5;
   x = Math.abs(x);
@@ -91,8 +294,8 @@ function bicubic(x) {
   return 0;
 }
 
-// Pillow's precompute_coeffs + normalize_coeffs_8bpc for one axis: per output index its first input index,
-// tap count and integer weights.
+// The integer weights of one axis (description: preprocessing.resize.weights): per output index its first
+// input index and its taps.
 function coefficients(inSize, outSize) {
   const scale = inSize / outSize;
   const filterscale = Math.max(scale, 1);
@@ -148,9 +351,14 @@ function resamplePass(src, width, height, channels, outSize, horizontal) {
   return out;
 }
 
-// RGBA pixels (any size) -> the encoder's float32 NCHW input, following the graph's description. Returns
-// { data, uint8 } where uint8 is the converted, resized, cropped image (HWC), for checks and display.
-export function preprocess(rgba, width, height, desc) {
+// A picture (already oriented) -> the encoder's float32 NCHW input, following the graph's description.
+// Returns { data, uint8 } where uint8 is the converted, resized, cropped image (HWC), for checks and display.
+// For backward compatibility an RGBA Uint8Array with its width and height is accepted too.
+export function preprocess(pic, desc, height, legacyDesc) {
+  if (pic instanceof Uint8Array || pic instanceof Uint8ClampedArray) {
+    pic = { width: desc, height, bands: 4, data: pic };
+    desc = legacyDesc;
+  }
   const channels = desc.channels;
   const size = desc.image_size;
   if (channels !== 1 && channels !== 3) {
@@ -158,14 +366,17 @@ export function preprocess(rgba, width, height, desc) {
   }
   const pre = desc.preprocessing;
   if (pre.pixel_mapping !== "x / 127.5 - 1") throw new Error(`unknown pixel mapping ${pre.pixel_mapping}`);
-  let img = convertMode(rgba, width, height, channels);
-  let w = width;
-  let h = height;
+  if (pre.resize.pass_order !== undefined && pre.resize.pass_order !== "width then height, always") {
+    throw new Error(`unknown resize pass order ${pre.resize.pass_order}`);
+  }
+  let img = convertMode(pic, channels);
+  let w = pic.width;
+  let h = pic.height;
   if (w !== size || h !== size) {
     const scale = size / Math.min(w, h);
     const nw = Math.max(size, roundHalfEven(w * scale));
     const nh = Math.max(size, roundHalfEven(h * scale));
-    if (nw !== w) img = resamplePass(img, w, h, channels, nw, true);
+    if (nw !== w) img = resamplePass(img, w, h, channels, nw, true); // the width pass first, always
     if (nh !== h) img = resamplePass(img, nw, h, channels, nh, false);
     const left = Math.floor((nw - size) / 2);
     const top = Math.floor((nh - size) / 2);
@@ -177,9 +388,13 @@ export function preprocess(rgba, width, height, desc) {
     img = crop;
     w = h = size;
   }
+  // float32 arithmetic, as the description's "arithmetic" says: each operation rounded to float32.
   const data = new Float32Array(channels * size * size);
+  const step = Math.fround(127.5);
   for (let i = 0; i < size * size; i++) {
-    for (let c = 0; c < channels; c++) data[c * size * size + i] = img[i * channels + c] / 127.5 - 1;
+    for (let c = 0; c < channels; c++) {
+      data[c * size * size + i] = Math.fround(Math.fround(img[i * channels + c] / step) - 1);
+    }
   }
   return { data, uint8: img };
 }
@@ -194,12 +409,14 @@ export async function openTokenizer(ort, encoderBytes, decoderBytes, options = {
   const codesShape = desc.codes.shape.slice(1);
   return {
     desc,
-    // RGBA pixels of one image -> { codes: number[] (row-major codes.shape without the batch), uint8 }
-    async encode(rgba, width, height) {
-      const { data, uint8 } = preprocess(rgba, width, height, desc);
+    // A decoded picture ({ width, height, bands, data }) -> { codes: number[] (row-major codes.shape
+    // without the batch), uint8 }. (RGBA pixels, width, height are accepted too.)
+    async encode(pic, width, height) {
+      const { data, uint8 } = width === undefined ? preprocess(pic, desc) : preprocess(pic, width, height, desc);
       const input = new ort.Tensor("float32", data, [1, desc.channels, size, size]);
       const out = await encoder.run({ [encoder.inputNames[0]]: input });
       const codes = Array.from(out[encoder.outputNames[0]].data, Number);
+      if (codes.some((c) => c < 0)) throw new Error("the encoder flagged this image's input as invalid (code -1)");
       return { codes, shape: codesShape, uint8 };
     },
     // codes of one image -> RGBA pixels (size x size), mapped back by clip(round((y + 1) * 127.5))

@@ -2,7 +2,7 @@
 // its reconstruction. Query parameters: ?tokenizer=URL of the export folder (default tokenizer/), and
 // ?image=URL of an image to encode at once. Only the .onnx files are read; their metadata says the rest.
 import * as ort from "./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
-import { openTokenizer } from "./vqkit.mjs";
+import { decodePng, isPng, openTokenizer } from "./vqkit.mjs";
 
 ort.env.wasm.wasmPaths = new URL("./node_modules/onnxruntime-web/dist/", import.meta.url).href;
 ort.env.wasm.numThreads = 1; // threads need a cross-origin-isolated page; one is plenty for small images
@@ -17,14 +17,29 @@ async function fetchBytes(url) {
   return new Uint8Array(await response.arrayBuffer());
 }
 
-// Any image the browser decodes -> RGBA pixels, with no colour management or premultiplication, so the
-// values are the file's own (as Pillow reads them).
-async function pixelsOf(blob) {
-  const bitmap = await createImageBitmap(blob, { colorSpaceConversion: "none", premultiplyAlpha: "none" });
+// zlib, undone by the browser's DecompressionStream.
+async function inflate(bytes) {
+  const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("deflate"));
+  return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+// An image file -> a decoded picture ({ width, height, bands, data }) as the tokenizer's description says.
+// PNG is decoded by vqkit.mjs: a canvas would lose the colour under transparent pixels and 16-bit precision.
+// Other formats (JPEG, WebP, ...) are decoded by the browser, EXIF orientation applied, with no colour
+// management or premultiplication, so the values are the file's own (as Pillow reads them).
+async function pictureOf(blob) {
+  const bytes = new Uint8Array(await blob.arrayBuffer());
+  if (isPng(bytes)) return decodePng(bytes, inflate);
+  const bitmap = await createImageBitmap(blob, {
+    imageOrientation: "from-image",
+    colorSpaceConversion: "none",
+    premultiplyAlpha: "none",
+  });
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
   const ctx = canvas.getContext("2d");
   ctx.drawImage(bitmap, 0, 0);
-  return { rgba: ctx.getImageData(0, 0, bitmap.width, bitmap.height).data, width: bitmap.width, height: bitmap.height };
+  const data = ctx.getImageData(0, 0, bitmap.width, bitmap.height).data;
+  return { width: bitmap.width, height: bitmap.height, bands: 4, data: new Uint8Array(data.buffer) };
 }
 
 function draw(canvasId, rgba, size) {
@@ -63,8 +78,9 @@ async function main() {
 
   async function run(blob, name) {
     try {
-      const { rgba, width, height } = await pixelsOf(blob);
-      const { codes, shape, uint8 } = await tok.encode(rgba, width, height);
+      const picture = await pictureOf(blob);
+      const { width, height } = picture;
+      const { codes, shape, uint8 } = await tok.encode(picture);
       const shown = new Uint8ClampedArray(size * size * 4);
       for (let i = 0; i < size * size; i++) {
         for (let c = 0; c < 3; c++) shown[4 * i + c] = uint8[i * channels + (channels === 1 ? 0 : c)];
@@ -75,16 +91,16 @@ async function main() {
       draw("recon", await tok.decode(codes), size);
       document.getElementById("codes").textContent = JSON.stringify({ image: name, shape, codes });
       status.textContent = `encoded ${name} (${width}x${height})`;
-      document.title = "done";
+      return { image: name, shape, codes };
     } catch (err) {
       status.textContent = `error: ${err.message}`;
-      document.title = "error";
+      return { image: name, error: err.message };
     }
   }
 
   document.getElementById("file").addEventListener("change", (e) => {
     const file = e.target.files[0];
-    if (file) run(file, file.name);
+    if (file) run(file, file.name).then(() => (document.title = "done"));
   });
   const drop = document.getElementById("drop");
   drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
@@ -93,10 +109,15 @@ async function main() {
     e.preventDefault();
     drop.classList.remove("over");
     const file = e.dataTransfer.files[0];
-    if (file) run(file, file.name);
+    if (file) run(file, file.name).then(() => (document.title = "done"));
   });
-  const image = params.get("image");
-  if (image) run(await (await fetch(new URL(image, location.href))).blob(), image);
+  // ?image=URL (repeatable): encode each at once; every result goes into #results as JSON, for tests.
+  const results = [];
+  for (const image of params.getAll("image")) {
+    results.push(await run(await (await fetch(new URL(image, location.href))).blob(), image));
+  }
+  document.getElementById("results").textContent = JSON.stringify(results);
+  if (results.length) document.title = results.some((r) => r.error) ? "error" : "done";
 }
 
 main().catch((err) => {

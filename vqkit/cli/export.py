@@ -60,7 +60,8 @@ from vqkit.options import parse_value
     default=1e-5,
     show_default=True,
     help="A code disagreement whose margin is below this fraction of |z|^2+|e|^2 is a float32 near-tie: "
-    "listed, not a failure. 0: every disagreement fails.",
+    "listed, not a failure. 0: every disagreement fails except exact ties (both codes equally near), "
+    "which are named and counted apart.",
 )
 @click.option(
     "--set",

@@ -18,7 +18,7 @@ import numpy as np
 
 from vqkit.data.augment import NO_AUGMENT, Augment
 from vqkit.errors import VQKitError
-from vqkit.images import centre_square, open_image, to_chw
+from vqkit.images import open_image, to_chw
 
 Item = tuple[int, int, str, tuple]
 
@@ -121,6 +121,20 @@ def decode_batch(items: list[Item], spec: DecodeSpec) -> tuple[np.ndarray, list[
         for i in failed:
             out[i] = out[next((g for g in good if g > i), good[0])]
     return out, bad
+
+
+def centre_square(im, size: int):
+    """Training's shorter-side resize and centre crop: Pillow's bicubic, about ten times faster than vqkit's
+    own (``vqkit.resample``, the definition tokens are made with). The two differ by at most a level here
+    and there, which is noise to training; encoding and exported clients follow ``vqkit.resample``."""
+    if im.size == (size, size):
+        return im
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), _bicubic())
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return im.crop((left, top, left + size, top + size))
 
 
 def _bicubic():

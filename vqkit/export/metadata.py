@@ -17,47 +17,78 @@ from vqkit.export.target import METADATA_FORMAT
 if TYPE_CHECKING:
     from vqkit.model import VQVAE
 
-METADATA_VERSION = 2
+# 3: EXIF orientation applied, bit depth/alpha/palette/CMYK rules stated, vqkit's own resize (vqkit.resample),
+# float arithmetic stated, and encoder graphs flag invalid input with code -1. Version 2 exports still load.
+METADATA_VERSION = 3
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 def preprocessing(channels: int, image_size: int) -> dict[str, Any]:
-    """How an image file becomes the encoder's input, as ``vqkit.images.read_image`` + the [-1, 1] map do it."""
+    """How an image file becomes the encoder's input, as ``vqkit.images.read_image`` + the [-1, 1] map do it:
+    every step in terms a client in another language reproduces bit for bit (``vqkit.resample`` holds the
+    resize's definition)."""
     s = image_size
     mode = _MODES.get(channels, f"{channels} channels")
     steps = {
         "channels": channels,
         "channel_order": {1: "L (grey)", 3: "RGB", 4: "RGBA"}.get(channels, "as stored"),
-        "convert": f"decode the file and convert it to Pillow mode {mode!r} first (before resizing)",
-        "bit_depth": "one-channel 16-bit samples are scaled to 8 bits as (v * 255 + 32767) // 65535, float "
-        "samples in [0, 1] as round(v * 255), before the conversion; other float samples are refused",
+        "order": ["decode", "orientation", "bit_depth", "convert", "resize", "pixel_mapping"],
+        "decode": "the file's own samples, without colour management (no ICC profile or gamma applied); JPEG "
+        "pixels are the decoder's (libjpeg-turbo's islow IDCT and fancy upsampling in vqkit; decoders may "
+        "differ by a level)",
+        "orientation": "the EXIF Orientation tag (0x0112; JPEG APP1, PNG eXIf, WebP, TIFF) is applied first, "
+        "as browsers do: 2 mirror left-right, 3 rotate 180, 4 mirror top-bottom, 5 transpose, 6 rotate 90 "
+        "clockwise, 7 transverse, 8 rotate 90 counter-clockwise; other values or no EXIF: as stored",
+        "bit_depth": "8-bit samples as they are; PNG grey of 1, 2 or 4 bits scaled as v * 255 / (2^bits - 1); "
+        "16-bit grey without alpha (PNG colour type 0) as (v * 255 + 32767) // 65535; every other 16-bit "
+        "sample (grey+alpha, RGB, RGBA) as its high byte v >> 8; float samples in [0, 1] as round(v * 255), "
+        "others refused",
+        "convert": f"to {mode!r}: palette entries looked up (their tRNS alpha is alpha); CMYK to RGB as "
+        "floor((255 - C) * (255 - K) / 255) per channel (C, M, Y, K the file's non-inverted ink, as browsers "
+        "convert it); grey to RGB by copying",
         "resize": {
             "when": f"the converted image is not already {s}x{s}",
             "scale": f"{s} / min(width, height)",
             "new_size": f"each side round(side * scale) (halves to even, as Python's round), at least {s}",
-            "filter": "bicubic: Pillow's Image.BICUBIC (cubic convolution a = -0.5, support 2; when shrinking, "
-            "the kernel is widened by the scale factor, i.e. antialiased), width first then height, each pass "
-            "on 8-bit values with 22-bit fixed-point weights, rounded and clipped to 0..255 (Pillow's "
-            "Resample.c); skipped for a side that does not change",
+            "filter": "bicubic (cubic convolution a = -0.5, support 2; when shrinking, the kernel is widened "
+            "by the scale factor, i.e. antialiased) in 8-bit integer arithmetic with 22-bit fixed-point "
+            "weights, the width pass first then the height pass, each rounded and clipped to 0..255; a pass "
+            "whose size does not change is skipped. Exactly: vqkit.resample's docstring (Pillow's Resample.c "
+            "with the pass order fixed)",
+            "pass_order": "width then height, always",
+            "weights": "per axis: scale = in / out, filterscale = max(scale, 1), support = 2 * filterscale; "
+            "for output i: center = (i + 0.5) * scale, lo = max(trunc(center - support + 0.5), 0), hi = "
+            "min(trunc(center + support + 0.5), in); w_j = cubic(((j - lo) + lo - center + 0.5) / filterscale)"
+            " for j in lo..hi-1, in float64; total summed left to right; k_j = trunc(w_j / total * 2^22 + 0.5) "
+            "(or - 0.5 when negative); out = clip((2^21 + sum k_j p_j) >> 22, 0, 255)",
             "crop": f"centre: left = (new_width - {s}) // 2, top = (new_height - {s}) // 2, then {s}x{s}",
         },
         "pixel_mapping": "x / 127.5 - 1",
+        "arithmetic": "float32: x converted to float32, divided by float32 127.5 (rounded to nearest even), "
+        "then float32 1 subtracted (rounded); the same as the uint8 encoder graph computes",
         "scale": 1 / 127.5,
         "offset": -1.0,
         "value_range": [-1.0, 1.0],
         "input": {"dtype": "float32", "layout": "NCHW", "shape": ["batch", channels, s, s]},
+        "invalid_input": "the float encoder graph gives code -1 at every position of an image holding NaN, "
+        "infinity or a value outside [-1.001, 1.001] (it cannot refuse); vqkit.runtime refuses such input",
     }
     if channels == 1:
         steps["grey_conversion"] = (
             "L = R * 299/1000 + G * 587/1000 + B * 114/1000 (ITU-R 601-2 luma), computed as Pillow's "
-            "convert('L') does: (19595 R + 38470 G + 7471 B + 32768) >> 16"
+            "convert('L') does: (19595 R + 38470 G + 7471 B + 32768) >> 16, from RGB (any other mode goes "
+            "to RGB first)"
         )
     if channels in (1, 3):
-        steps["alpha"] = "dropped, not composited over a background (Pillow's convert)"
+        steps["alpha"] = (
+            "dropped, not composited over a background: the colour samples are kept as stored, even where "
+            "alpha is 0 (palette tRNS and PNG tRNS colour keys included)"
+        )
     if channels == 4:
         steps["alpha"] = (
-            "kept; the resize works on premultiplied colour (Pillow converts RGBA to RGBa, resizes, and "
-            "converts back)"
+            "kept (palette tRNS and tRNS colour keys give alpha); the resize works on premultiplied colour: "
+            "c' = (c * a + 128 + ((c * a + 128) >> 8)) >> 8 before, c = min(255, 255 * c' // a) after for "
+            "0 < a < 255"
         )
     return steps
 

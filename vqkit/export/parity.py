@@ -60,6 +60,9 @@ class CodeMismatch:
     their difference and ``scale`` the magnitude the distance formula works at (|z|^2 + |e|^2). ``tie`` is
     True when ``|margin| <= tie_tolerance * scale``: two codes equally near within float32 rounding, which
     any two runtimes may break differently; a larger margin means the exported graph computes something else.
+    ``exact_tie`` is True when the margin is exactly 0 (in float64, from PyTorch's latent): both codes are
+    equally near, so both are right answers (duplicate codebook entries, a value exactly between two levels);
+    it is never a failure, whatever the tie tolerance.
     """
 
     image: int
@@ -71,6 +74,7 @@ class CodeMismatch:
     margin: float | None
     scale: float | None = None
     tie: bool = False
+    exact_tie: bool = False
 
 
 @dataclass
@@ -85,7 +89,8 @@ class ParityReport:
     tolerance: float
     seconds: float
     mismatches: list[CodeMismatch] = field(default_factory=list)
-    codes_tied: int = 0
+    codes_tied: int = 0  # near-ties and exact ties together; codes_exact_ties of them exact
+    codes_exact_ties: int = 0
     tie_tolerance: float = DEFAULT_TIE_TOLERANCE
     # Codes are counted one per codebook per grid position: positions x num_codebooks.
     positions_compared: int = 0
@@ -140,7 +145,16 @@ class ParityReport:
                 if self.num_codebooks > 1
                 else ""
             )
-            + (f"; {self.codes_tied} differ by a float32 near-tie" if self.codes_tied else "")
+            + (
+                f"; {self.codes_exact_ties} differ by an exact tie (both codes equally near)"
+                if self.codes_exact_ties
+                else ""
+            )
+            + (
+                f"; {self.codes_tied - self.codes_exact_ties} differ by a float32 near-tie"
+                if self.codes_tied > self.codes_exact_ties
+                else ""
+            )
             + ("" if self.codes_ok else f"  <- {self.codes_mismatched - self.codes_tied} differ"),
             f"  used     {_per_codebook(self.distinct_codes)} distinct codes of {self.codebook_size}"
             + (" per codebook" if self.num_codebooks > 1 else ""),
@@ -154,7 +168,7 @@ class ParityReport:
                 if m.runtime_distance is None
                 else f", distances {m.torch_distance:.6g} vs {m.runtime_distance:.6g}"
             )
-            kind = "near-tie" if m.tie else "MISMATCH"
+            kind = "exact tie" if m.exact_tie else "near-tie" if m.tie else "MISMATCH"
             lines.append(
                 f"  {kind} image {m.image} at {tuple(m.position)}: torch {m.torch_code} vs exported "
                 f"{m.runtime_code}, margin {margin}{dist}"
@@ -254,25 +268,29 @@ def _run_both(model: VQVAE, runner: Runner, x: torch.Tensor, sizes: list[int]) -
 
 def _compare_codes(
     model: VQVAE, tc: torch.Tensor, rc: torch.Tensor, z: torch.Tensor, tie_tolerance: float
-) -> tuple[int, int, list[CodeMismatch], int]:
-    """Differing codes, differing positions, the positions listed (real mismatches first) and the codes
-    that differ by a float32 near-tie. ``tc``/``rc`` are ``[B, h, w]`` or ``[B, h, w, S]``."""
+) -> tuple[int, int, list[CodeMismatch], int, int]:
+    """Differing codes, differing positions, the positions listed (real mismatches first), the codes that
+    differ by a tie (exact or float32 near-tie) and those by an exact tie. ``tc``/``rc`` are ``[B, h, w]`` or
+    ``[B, h, w, S]``."""
     import torch
 
     per_code = tc != rc
     diff = per_code.any(dim=-1) if per_code.dim() == 4 else per_code  # a position differs if any code does
     where = diff.nonzero().tolist()
     if not where:
-        return 0, 0, [], 0
+        return 0, 0, [], 0, 0
     k = int(model.quantizer.codebook_size)
     in_range = bool(((rc >= 0) & (rc < k)).all())
     d_t, scale = _distances(model, z, tc)
     d_r = _distances(model, z, rc)[0] if in_range else None
     ties = torch.zeros_like(diff)
-    if d_r is not None and tie_tolerance > 0:
-        ties = diff & ((d_r - d_t).abs() <= tie_tolerance * scale)
+    exact = torch.zeros_like(diff)
+    if d_r is not None:
+        exact = diff & (d_r == d_t)
+        ties = exact | (diff & ((d_r - d_t).abs() <= tie_tolerance * scale)) if tie_tolerance > 0 else exact
     codes_at = per_code.flatten(3).sum(-1) if per_code.dim() == 4 else per_code.long()
     tied = int((codes_at * ties).sum())
+    exactly = int((codes_at * exact).sum())
     where.sort(key=lambda p: bool(ties[p[0], p[1], p[2]]))  # real mismatches first: the ones to look at
     listed = []
     for b, i, j in where[:MAX_LISTED_MISMATCHES]:
@@ -289,9 +307,10 @@ def _compare_codes(
                 margin=None if dr is None else dr - dt,
                 scale=float(scale[b, i, j]),
                 tie=bool(ties[b, i, j]),
+                exact_tie=bool(exact[b, i, j]),
             )
         )
-    return int(per_code.sum()), len(where), listed, tied
+    return int(per_code.sum()), len(where), listed, tied, exactly
 
 
 def _distinct(codes: torch.Tensor) -> list[int]:
@@ -328,7 +347,9 @@ def check_parity(
             _empty_report(data, len(x), sizes, tolerance, start),
         )
     rc = torch.from_numpy(rc_np.astype(np.int64))
-    bad, bad_positions, listed, tied = _compare_codes(model, tc, rc, torch.cat(run["latents"]), tie_tolerance)
+    bad, bad_positions, listed, tied, exactly = _compare_codes(
+        model, tc, rc, torch.cat(run["latents"]), tie_tolerance
+    )
     ti, ri = np.concatenate(run["t_images"]), np.concatenate(run["r_images"])
     if ti.shape != ri.shape:
         raise ParityError(
@@ -349,6 +370,7 @@ def check_parity(
         seconds=time.perf_counter() - start,
         mismatches=listed,
         codes_tied=tied,
+        codes_exact_ties=exactly,
         tie_tolerance=tie_tolerance,
         positions_compared=int(tc.numel()) // num_codebooks,
         positions_mismatched=bad_positions,
