@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vqkit.data.augment import NO_AUGMENT, Augment
+from vqkit.data.augment import NO_AUGMENT, Augment, augment_image
 from vqkit.errors import VQKitError
 from vqkit.images import centre_square, open_image, to_chw
 
@@ -79,19 +79,12 @@ def decode_item(item: Item, spec: DecodeSpec, reader: _Reader = _READER) -> np.n
     if min(w, h) < size:
         raise VQKitError(f"image {label} is {w}x{h}, smaller than the model's {size}x{size}")
     try:
-        if spec.augment.active:
-            box, flip = spec.augment.draw(spec.seed, epoch, index, w, h)
-            if spec.augment.crops:
-                im = im.resize((size, size), _bicubic(), box=box)
-            else:
-                im = centre_square(im, size)
-            if flip:
-                im = im.transpose(_flip_lr())
-        else:
-            im = centre_square(im, size)
-        return to_chw(im)
+        square = to_chw(centre_square(im, size))
     except Exception as exc:  # a file that decodes but fails to resample is still a bad file
         raise VQKitError(f"cannot read image {label}: {exc}") from exc
+    if spec.augment.active:
+        return augment_image(square, spec.augment, spec.seed, epoch, index)
+    return square
 
 
 def decode_batch(items: list[Item], spec: DecodeSpec) -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -121,15 +114,3 @@ def decode_batch(items: list[Item], spec: DecodeSpec) -> tuple[np.ndarray, list[
         for i in failed:
             out[i] = out[next((g for g in good if g > i), good[0])]
     return out, bad
-
-
-def _bicubic():
-    from PIL import Image
-
-    return Image.BICUBIC
-
-
-def _flip_lr():
-    from PIL import Image
-
-    return getattr(Image, "Transpose", Image).FLIP_LEFT_RIGHT  # Pillow < 9.1 has no Transpose enum

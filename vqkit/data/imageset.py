@@ -108,6 +108,31 @@ class StreamedImages(ImageSet):
             raise DataError(f"none of the images of {self.where} could be read")
 
 
+def decode_in_place(found: StreamedImages) -> tuple[np.ndarray, np.ndarray]:
+    """Every sample of a folder or shards, in order, as one uint8 array, and which could not be read (their
+    rows are zeros; under ``skip_bad`` only, else the first is an error): what a run holds in memory, sample
+    for sample the stream it could have been."""
+    n, c, s = len(found), found.channels, found.image_size
+    out = np.zeros((n, c, s, s), dtype=np.uint8)
+    bad = np.zeros(n, dtype=bool)
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for i, image in enumerate(pool.map(found._one, range(n))):
+            if isinstance(image, str):
+                bad[i] = True
+            else:
+                out[i] = image
+    if bad.all():
+        raise DataError(f"none of the {n} images of {found.where} could be read")
+    if bad.any():
+        warnings.warn(
+            f"skipping {int(bad.sum())} unreadable image(s) of {found.where} (each is replaced by another image "
+            "of its batch)",
+            DataWarning,
+            stacklevel=2,
+        )
+    return out, bad
+
+
 def streamable(source: str) -> bool:
     """A folder of images or tar shards (read from disk); datasets by name are arrays."""
     from pathlib import Path
