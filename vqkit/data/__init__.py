@@ -1,13 +1,17 @@
 """Image data for vqkit.
 
-In memory: ``load_images`` turns a source into one uint8 array ``[N, C, H, W]``. Sources: the built-in
-``mnist5k`` (ships inside the package, no download), a folder of images (recursive), or a torchvision dataset
-by name (``mnist``, ``fashion-mnist``, ``cifar10``, ...; downloaded only when asked).
+Sources: the built-in ``mnist5k`` (ships inside the package, no download), a folder of images (recursive),
+tar shards (``vqkit.data.pack.pack_folder`` writes them), or a torchvision dataset by name (``mnist``,
+``fashion-mnist``, ``cifar10``, ...; downloaded only when asked). Every command reads them the same way:
 
-Streaming, for data bigger than memory: ``vqkit.data.stream.StreamingData`` decodes batches of a folder or of
-tar shards (``vqkit.data.sources.open_source``; ``vqkit.data.pack.pack_folder`` writes shards) in worker
-processes, with optional augmentation (``vqkit.data.augment.Augment``). That module imports torch; this
-package does not, so the decoding workers stay small.
+- ``vqkit.data.imageset.open_images``: one split, in order, a batch at a time (a folder or shards is never
+  held whole); ``load_images`` is its whole split as one uint8 array ``[N, C, H, W]``.
+- training: ``vqkit.training.data`` holds the decoded images in memory when they fit the memory budget, else
+  streams them (``vqkit.data.stream``, decoding worker processes); both in ``vqkit.data.order``'s order, with
+  ``vqkit.data.augment``'s one augmentation function, so the residency changes speed only.
+
+uint8 images are channels first, ``[N, C, H, W]``, as torchvision's. ``vqkit.data.stream`` and
+``vqkit.data.order`` import torch; the rest of this package does not, so the decoding workers stay small.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ from vqkit.data.common import (
     pad_to,
     resize_square,
 )
-from vqkit.data.folder import HOLDOUT_EVERY, load_folder
+from vqkit.data.folder import HOLDOUT_EVERY
+from vqkit.data.imageset import open_images, streamable
 from vqkit.data.torchvision_sets import DATASETS as TORCHVISION_DATASETS
 from vqkit.data.torchvision_sets import default_root, load_torchvision
 
@@ -121,10 +126,13 @@ def load_images(
         images = np.concatenate([load_mnist5k(s)[0] for s in parts])
         return _fit(images, channels, image_size, "mnist5k")
     path = Path(name).expanduser()
-    if path.is_dir():
-        return load_folder(path, split=split, channels=channels, image_size=image_size, skip_bad=skip_bad)
+    if streamable(name):  # a folder or tar shards: read as every command reads them
+        found = open_images(name, split=split, channels=channels, image_size=image_size, skip_bad=skip_bad)
+        return found.read()
     if path.exists():
-        raise DataError(f"{path} is a file; give a folder of images, or a dataset name like mnist5k")
+        raise DataError(
+            f"{path} is a file; give a folder of images or tar shards, or a dataset name like mnist5k"
+        )
     if name.lower() in TORCHVISION_DATASETS:
         images = load_torchvision(name.lower(), split, data_root, download)
         return _fit(images, channels, image_size, name.lower())

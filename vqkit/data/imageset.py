@@ -88,10 +88,12 @@ class StreamedImages(ImageSet):
     def batches(self, batch_size: int = READ_BATCH, limit: int | None = None) -> Iterator[np.ndarray]:
         want = len(self.source) if limit is None else min(limit, len(self.source))
         given, bad, start = 0, [], 0
+        looked = 0
         with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
             while given < want and start < len(self.source):
                 stop = min(start + batch_size, len(self.source))
                 decoded = list(pool.map(self._one, range(start, stop)))
+                looked += stop - start
                 start = stop
                 bad += [d for d in decoded if isinstance(d, str)]
                 good = [d for d in decoded if not isinstance(d, str)][: want - given]
@@ -100,7 +102,7 @@ class StreamedImages(ImageSet):
                     yield np.stack(good)
         if bad:
             warnings.warn(
-                f"skipped {len(bad)} unreadable image(s) of {self.where}, e.g. {bad[0]}",
+                f"skipped {len(bad)} of {looked} image(s) of {self.where} that could not be used, e.g. {bad[0]}",
                 DataWarning,
                 stacklevel=2,
             )
