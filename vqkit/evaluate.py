@@ -82,10 +82,9 @@ def _perceptual(lpips: bool | str | None, device: torch.device) -> torch.nn.Modu
     load_plugins()
     if "lpips" not in objectives:
         return None
-    if lpips == "auto":
-        from vqkit.plugins.objectives.lpips import default_weights_path
-
-        if not default_weights_path().is_file():
+    if lpips == "auto":  # through the registered objective: the core names no built-in plugin
+        available = getattr(objectives.get("lpips"), "weights_available", None)
+        if available is None or not available():
             return None
         lpips = True
     weights = None if lpips is True else str(lpips)

@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 
@@ -137,11 +138,10 @@ def decode_in_place(found: StreamedImages) -> tuple[np.ndarray, np.ndarray]:
 
 def streamable(source: str) -> bool:
     """A folder of images or tar shards (read from disk); datasets by name are arrays."""
-    from pathlib import Path
-
+    from vqkit.data.named import BUILTIN
     from vqkit.data.shards import looks_like_shards
 
-    if source.lower() in ("mnist5k",):
+    if source.lower() in BUILTIN:
         return False
     return Path(source).expanduser().is_dir() or looks_like_shards(source) or any(c in source for c in "*?[")
 
@@ -159,20 +159,19 @@ def open_images(
     """The images of ``split`` of ``source`` (a folder, tar shards, ``mnist5k`` or a torchvision set by name),
     converted to ``channels``/``image_size`` (None: the data's own, from a few headers of a folder or
     shards). Nothing is decoded until the batches are asked for."""
-    from vqkit.data import load_images
+    from vqkit.data.common import check_split
+    from vqkit.data.named import load_named
 
+    if not isinstance(source, (str, os.PathLike)) or not os.fspath(source):
+        raise DataError(f"source must be a dataset name, a folder or tar shards, got {source!r:.60}")
     text = os.fspath(source)
+    check_split(split)
     if not streamable(text):
-        images = load_images(
-            text,
-            split=split,
-            channels=channels,
-            image_size=image_size,
-            download=download,
-            skip_bad=skip_bad,
-            data_root=data_root,
-        )
-        return HeldImages(images, text)
+        if Path(text).expanduser().exists():
+            raise DataError(
+                f"{text} is a file; give a folder of images or tar shards, or a dataset name like mnist5k"
+            )
+        return HeldImages(load_named(text, split, channels, image_size, download, data_root), text)
     from vqkit.data.sources import open_source, probe
 
     found = open_source(text, split)
