@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vqkit import checks, pixels, presets
@@ -18,22 +17,30 @@ from vqkit.discovery import load_plugins
 from vqkit.errors import OptionError, ShapeError, VQKitError
 from vqkit.options import validate_options
 from vqkit.registry import REGISTRIES, Entry, decoders, encoders
-from vqkit.spec import PARTS, SPEC_FORMAT, ModelSpec, spec_problem
+from vqkit.spec import (
+    DEFAULT_CHANNELS,
+    DEFAULT_ENCODER,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_QUANTIZER,
+    PARTS,
+    SPEC_FORMAT,
+    ModelSpec,
+    spec_problem,
+)
 
 __all__ = ["SPEC_FORMAT", "VQVAE", "ModelSpec", "VQVAEOutput", "build_from_spec", "build_model"]
 
-DEFAULT_ENCODER = "conv3"
-DEFAULT_QUANTIZER = "vq"
 # Float images a little outside [-1, 1] (rounding in a user's own conversion) are accepted, as by the runtime.
 FLOAT_RANGE_TOLERANCE = 1e-3
 
 
 @dataclass
 class VQVAEOutput:
+    """What a training forward pass gives: the reconstruction and the quantizer's output (its auxiliary loss
+    included). The reconstruction loss is the trainer's objectives' (``vqkit.objectives``), not the model's."""
+
     reconstruction: torch.Tensor
     quantized: Quantized
-    recon_loss: torch.Tensor
-    loss: torch.Tensor
 
 
 class VQVAE(nn.Module):
@@ -94,9 +101,7 @@ class VQVAE(nn.Module):
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         z = self.encoder(x)
         q = self.quantizer(z)
-        recon = self.decoder(q.z_q)
-        recon_loss = F.mse_loss(recon.float(), x.float())
-        return VQVAEOutput(recon, q, recon_loss, recon_loss + q.loss)
+        return VQVAEOutput(self.decoder(q.z_q), q)
 
     def _device(self) -> torch.device:
         tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
@@ -385,8 +390,8 @@ def build_model(
     decoder: str | None = None,
     *,
     preset: str | None = None,
-    channels: int = 3,
-    image_size: int = 32,
+    channels: int = DEFAULT_CHANNELS,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     latent_dim: int | None = None,
     codebook_size: int | None = None,
     encoder_options: dict[str, Any] | None = None,
