@@ -94,7 +94,7 @@ def decode_batch(items: list[Item], spec: DecodeSpec) -> tuple[np.ndarray, list[
     (the batch keeps its size, and the choice depends only on the data, so resuming repeats it)."""
     out = np.empty((len(items), spec.channels, spec.image_size, spec.image_size), dtype=np.uint8)
     bad: list[tuple[str, str]] = []
-    failed: list[int] = []
+    failed = np.zeros(len(items), dtype=bool)
     for i, item in enumerate(items):
         try:
             out[i] = decode_item(item, spec)
@@ -102,15 +102,18 @@ def decode_batch(items: list[Item], spec: DecodeSpec) -> tuple[np.ndarray, list[
             if not spec.skip_bad:
                 raise
             bad.append((item[2], str(exc)))
-            failed.append(i)
-    if failed:
-        skipped = set(failed)
-        good = [i for i in range(len(items)) if i not in skipped]
-        if not good:
-            raise VQKitError(
-                f"none of the {len(items)} images of a batch could be read (first: {bad[0][1]}); "
-                "is the data readable at all?"
-            )
-        for i in failed:
-            out[i] = out[next((g for g in good if g > i), good[0])]
-    return out, bad
+            failed[i] = True
+    return (out[stand_ins(failed)] if bad else out), bad
+
+
+def stand_ins(failed: np.ndarray) -> np.ndarray:
+    """Each slot of a batch -> the slot whose image it takes: itself, or for an unreadable sample the next
+    readable slot of the batch (wrapping to the first). The batch keeps its size, and the choice depends only
+    on the data, so a resumed or a held run repeats it."""
+    good = np.flatnonzero(~failed)
+    if not len(good):
+        raise VQKitError(
+            f"none of the {len(failed)} images of a batch could be read; is the data readable at all?"
+        )
+    later = np.searchsorted(good, np.arange(len(failed)))  # the first readable slot at or after each
+    return np.where(later < len(good), good[np.minimum(later, len(good) - 1)], good[0])

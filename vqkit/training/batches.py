@@ -11,10 +11,13 @@ of the same batch, the rule of a streamed batch.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from vqkit.data.augment import NO_AUGMENT, Augment, augment_images
+from vqkit.data.decode import stand_ins
 from vqkit.data.order import StepOrder
 from vqkit.errors import OptionError
 
@@ -54,6 +57,11 @@ class Batches:
         if not self.resident and device.type == "cuda":
             self.data = self.data.pin_memory()
         self._perms: dict[int, torch.Tensor] = {}  # epoch -> permutation on the data's device
+        # what the training loop reads of any residency (``vqkit.training.data.TrainingData``)
+        self.count, self.channels, self.image_size = len(images), int(images.shape[1]), int(images.shape[-1])
+        self.description = f"{self.count} images held in memory"
+        self.wait_seconds = 0.0
+        self.images_seen = 0
 
     def _epoch(self, epoch: int) -> torch.Tensor:
         perm = self._perms.get(epoch)
@@ -76,35 +84,24 @@ class Batches:
         idx = self.order.indices(step)
         images = augment_images(self.data.numpy()[idx], self.order.samples(step), self.augment, self.seed)
         if self.bad is not None:
-            images = images[_stand_ins(self.bad[idx])]
+            images = images[stand_ins(self.bad[idx])]
         return torch.from_numpy(images)
 
     def get(self, step: int) -> torch.Tensor:
         """Float images in [-1, 1] for ``step``, on the training device. Never waits on the device."""
+        start = time.perf_counter()
         batch = self.uint8(step)
         if batch.device != self.device:
             if self.device.type == "cuda":
                 batch = batch.pin_memory()
             batch = batch.to(self.device, non_blocking=True)
         x = batch.float().div_(127.5).sub_(1.0)
+        self.wait_seconds += time.perf_counter() - start
+        self.images_seen += len(x)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-
-def _stand_ins(failed: np.ndarray) -> np.ndarray:
-    """Each slot of a batch -> the slot whose image it takes: itself, or for an unreadable sample the next
-    readable slot of the batch (wrapping to the first), the rule of a streamed batch."""
-    good = np.flatnonzero(~failed)
-    if not len(good):
-        from vqkit.data.common import DataError
-
-        raise DataError(
-            f"none of the {len(failed)} images of a batch could be read; is the data readable at all?"
-        )
-    slots = np.arange(len(failed))
-    for i in np.flatnonzero(failed):
-        later = good[good > i]
-        slots[i] = later[0] if len(later) else good[0]
-    return slots
+    def close(self) -> None:
+        pass
 
 
 def _fits(data: torch.Tensor, device: torch.device) -> bool:

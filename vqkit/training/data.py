@@ -16,7 +16,6 @@ other one. A dataset by name (mnist5k, torchvision sets) is an array and is held
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,33 +50,6 @@ class TrainingData(Protocol):
 class HeldOut:
     images: np.ndarray  # uint8 [N, C, H, W]
     split: str  # "test", or "train" when the source holds nothing out
-
-
-class InMemoryData:
-    """The whole decoded dataset as one uint8 array (on the training device when it fits)."""
-
-    def __init__(self, batches: Batches, name: str, why: str = "") -> None:
-        self.batches = batches
-        self.local_batch = batches.local_batch
-        self.channels, self.image_size = int(batches.data.shape[1]), int(batches.data.shape[-1])
-        self.count = len(batches.data)
-        where = "on the device" if batches.resident and batches.device.type != "cpu" else "in memory"
-        augment = batches.augment
-        self.description = f"{name}: {self.count} training images, held {where}{why}" + (
-            f", augmentation {augment.describe()}" if augment.active else ""
-        )
-        self.wait_seconds = 0.0
-        self.images_seen = 0
-
-    def get(self, step: int) -> torch.Tensor:
-        t = time.perf_counter()
-        x = self.batches.get(step)
-        self.wait_seconds += time.perf_counter() - t
-        self.images_seen += len(x)
-        return x
-
-    def close(self) -> None:
-        pass
 
 
 def _augment(config: TrainConfig) -> Augment:
@@ -168,7 +140,7 @@ def _held_out(config: TrainConfig, channels: int, image_size: int) -> HeldOut:
         return HeldOut(found.read(config.eval_images), split)
 
 
-def _hold(run: _Run, images: np.ndarray, why: str, bad: np.ndarray | None = None) -> InMemoryData:
+def _hold(run: _Run, images: np.ndarray, why: str, bad: np.ndarray | None = None) -> Batches:
     config = run.config
     warn_if_batch_exceeds(len(images), config.batch_size, config.data)
     batches = Batches(
@@ -182,7 +154,10 @@ def _hold(run: _Run, images: np.ndarray, why: str, bad: np.ndarray | None = None
         augment=run.augment,
         bad=bad,
     )
-    return InMemoryData(batches, config.data, why)
+    where = "on the device" if batches.resident and batches.device.type != "cpu" else "in memory"
+    augment = f", augmentation {run.augment.describe()}" if run.augment.active else ""
+    batches.description = f"{config.data}: {batches.count} training images, held {where}{why}{augment}"
+    return batches
 
 
 def _named_dataset(run: _Run, channels: int | None, image_size: int | None) -> tuple[TrainingData, HeldOut]:
