@@ -35,7 +35,11 @@ class ImageSet:
     def __len__(self) -> int:
         raise NotImplementedError
 
-    def batches(self, batch_size: int = READ_BATCH, limit: int | None = None) -> Iterator[np.ndarray]:
+    def batches(
+        self, batch_size: int = READ_BATCH, limit: int | None = None, names: list[str] | None = None
+    ) -> Iterator[np.ndarray]:
+        """Batches in order; ``names``, when given, receives the name of each image yielded (a file's path
+        relative to its folder, a tar member's name, or ``DATASET[i]``)."""
         raise NotImplementedError
 
     def read(self, limit: int | None = None) -> np.ndarray:
@@ -55,10 +59,15 @@ class HeldImages(ImageSet):
     def __len__(self) -> int:
         return len(self.images)
 
-    def batches(self, batch_size: int = READ_BATCH, limit: int | None = None) -> Iterator[np.ndarray]:
+    def batches(
+        self, batch_size: int = READ_BATCH, limit: int | None = None, names: list[str] | None = None
+    ) -> Iterator[np.ndarray]:
         stop = len(self.images) if limit is None else min(limit, len(self.images))
         for i in range(0, stop, batch_size):
-            yield self.images[i : min(i + batch_size, stop)]
+            end = min(i + batch_size, stop)
+            if names is not None:
+                names += [f"{self.where}[{k}]" for k in range(i, end)]
+            yield self.images[i:end]
 
 
 class StreamedImages(ImageSet):
@@ -86,7 +95,9 @@ class StreamedImages(ImageSet):
                 raise DataError(f"{exc} (skip_bad, --skip-bad, leaves such files out)") from exc
             return str(exc)
 
-    def batches(self, batch_size: int = READ_BATCH, limit: int | None = None) -> Iterator[np.ndarray]:
+    def batches(
+        self, batch_size: int = READ_BATCH, limit: int | None = None, names: list[str] | None = None
+    ) -> Iterator[np.ndarray]:
         want = len(self.source) if limit is None else min(limit, len(self.source))
         given, bad, start = 0, [], 0
         looked = 0
@@ -97,7 +108,10 @@ class StreamedImages(ImageSet):
                 looked += stop - start
                 start = stop
                 bad += [d for d in decoded if isinstance(d, str)]
-                good = [d for d in decoded if not isinstance(d, str)][: want - given]
+                kept = [k for k, d in enumerate(decoded) if not isinstance(d, str)][: want - given]
+                good = [decoded[k] for k in kept]
+                if names is not None:
+                    names += [self.source.name(start - len(decoded) + k) for k in kept]
                 if good:
                     given += len(good)
                     yield np.stack(good)
@@ -177,3 +191,33 @@ def open_images(
     found = open_source(text, split)
     ch, size = probe(found, channels, image_size, skip_bad)
     return StreamedImages(found, ch, size, skip_bad)
+
+
+def encode_source(
+    tokenizer,
+    source: str | os.PathLike[str],
+    *,
+    split: str = "all",
+    batch_size: int = READ_BATCH,
+    skip_bad: bool = False,
+    download: bool = False,
+    data_root: str | os.PathLike[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """``vqkit encode --data``: the codes of a source's ``split`` with an exported tokenizer
+    (:class:`vqkit.runtime.Tokenizer`, which takes uint8 channels last), read a batch at a time, and the name
+    of the image of each row."""
+    found = open_images(
+        source,
+        split=split,
+        channels=tokenizer.channels,
+        image_size=tokenizer.image_size,
+        skip_bad=skip_bad,
+        download=download,
+        data_root=data_root,
+    )
+    names: list[str] = []
+    codes = [
+        tokenizer.encode(x.transpose(0, 2, 3, 1), batch_size=batch_size)
+        for x in found.batches(batch_size, names=names)
+    ]
+    return np.concatenate(codes), names
