@@ -38,9 +38,10 @@ def tiny_model_file() -> Path:
     opt = torch.optim.Adam(model.decoder.parameters(), lr=3e-3)
     model.train()
     for _ in range(60):
-        out = model(x[torch.randint(len(x), (32,), generator=gen)])
+        batch = x[torch.randint(len(x), (32,), generator=gen)]
+        out = model(batch)
         opt.zero_grad()
-        out.recon_loss.backward()
+        torch.nn.functional.mse_loss(out.reconstruction, batch).backward()
         opt.step()
     model.eval()
     path = Path(tempfile.mkdtemp(prefix="vqkit-gen-")) / "model.safetensors"

@@ -143,6 +143,28 @@ def test_encode_names_the_image_of_each_row(tokenizer: Path, tmp_path: Path) -> 
     assert rows["shape"] == list(np.load(tmp_path / "c.npy").shape)
 
 
+def test_encode_reads_any_data_source_a_batch_at_a_time(tokenizer: Path, tmp_path: Path) -> None:
+    from vqkit.data.pack import pack_folder
+
+    write_images(load_mnist5k("test")[0][:12], tmp_path / "photos")
+    pack_folder(tmp_path / "photos", tmp_path / "shards", shard_size=5)
+    files = sorted((tmp_path / "photos").glob("*.png"))
+    assert run("encode", str(tokenizer), *map(str, files), "-o", str(tmp_path / "f.npy"))[0] == 0
+    want = np.load(tmp_path / "f.npy")
+    for k, source in enumerate((tmp_path / "photos", f"{tmp_path}/shards/*.tar")):
+        out = tmp_path / f"d{k}.npy"
+        code, text = run("encode", str(tokenizer), "--data", str(source), "--batch-size", "5", "-o", str(out))
+        assert code == 0 and "encoded    12 images" in text, text
+        assert np.array_equal(np.load(out), want)
+        assert json.loads(out.with_suffix(".json").read_text())["images"] == [p.name for p in files]
+    code, text = run(
+        "encode", str(tokenizer), "--data", "mnist5k", "--split", "test", "-o", str(tmp_path / "m.npy")
+    )
+    assert code == 0 and np.load(tmp_path / "m.npy").shape[0] == 500, text
+    code, text = run("encode", str(tokenizer), "-o", str(tmp_path / "x.npy"))
+    assert code == 1 and "--data" in text
+
+
 def test_encode_never_replaces_a_json_of_the_users_beside_the_codes(tokenizer: Path, tmp_path: Path) -> None:
     write_images(load_mnist5k("test")[0][:2], tmp_path / "photos")
     mine = tmp_path / "codes.json"

@@ -98,3 +98,20 @@ def test_the_repository_points_at_nothing_outside_it() -> None:
         text = (ROOT / name).read_text()
         hits += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
     assert not hits, hits
+
+
+def test_the_core_imports_no_built_in_plugin() -> None:
+    """The core names no concrete component: built-ins are reached through the registries, as a third party's."""
+    known = _modules()
+    core = {
+        name: path
+        for name, path in known.items()
+        if not name.startswith(("vqkit.plugins", "vqkit.exporters"))
+    }
+    bad = {
+        name: sorted(
+            t for t in _imports(name, path, known) if t.startswith(("vqkit.plugins", "vqkit.exporters"))
+        )
+        for name, path in core.items()
+    }
+    assert not {k: v for k, v in bad.items() if v}, bad

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 import vqkit
 from vqkit.errors import ModelFileError, OptionError, ShapeError
@@ -169,9 +170,10 @@ def _trained(seed: int = 0) -> vqkit.VQVAE:
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     g = torch.Generator().manual_seed(seed)
     for _ in range(3):
-        out = model(torch.rand(8, 1, 16, 16, generator=g) * 2 - 1)
+        x = torch.rand(8, 1, 16, 16, generator=g) * 2 - 1
+        out = model(x)
         opt.zero_grad()
-        out.loss.backward()
+        ((out.reconstruction - x) ** 2).mean().add(out.quantized.loss).backward()
         opt.step()
     return model.eval()
 
@@ -212,7 +214,10 @@ def test_a_changed_default_does_not_change_a_saved_model(
     assert loaded.resolved_options == model.resolved_options and loaded.quantizer.beta == 0.25
     with torch.no_grad():
         assert torch.equal(loaded(x).reconstruction, want)
-        assert torch.equal(loaded(x).loss, model(x).loss)
+        a, b = loaded(x), model(x)
+        assert torch.equal(a.reconstruction, b.reconstruction) and torch.equal(
+            a.quantized.loss, b.quantized.loss
+        )
 
 
 def _rewrite_spec(path: Path, out: Path, edit) -> Path:
@@ -325,21 +330,39 @@ def test_install_hint_accepts_only_package_names() -> None:
         assert install_hint(text) is None, text
 
 
-# --- images in: uint8 pixels or floats in [-1, 1], as the runtime takes them -----------------------------------
-def test_encode_takes_uint8_pixels_like_the_runtime() -> None:
+# --- images in: one layout on the torch side, channels first, uint8 or float ---------------------------------
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torchvision.io's own deprecation notice
+def test_encode_takes_uint8_channels_first_like_the_loader_and_torchvision(tmp_path: Path) -> None:
+    from torchvision.io import read_image
+
     from vqkit import pixels
+    from vqkit.data import load_images
 
     model = vqkit.build_model(seed=0).eval()
     g = torch.Generator().manual_seed(0)
-    hwc = torch.randint(0, 256, (3, 32, 32, 3), generator=g, dtype=torch.uint8)
-    as_float = hwc.permute(0, 3, 1, 2).float() / 127.5 - 1
-    assert torch.equal(model.encode(hwc), model.encode(as_float))
-    assert torch.equal(model.encode(hwc.numpy()), model.encode(pixels.to_float(hwc.permute(0, 3, 1, 2))))
-    one = model.encode(hwc[0])  # one image in, one code grid out
-    assert one.shape == (4, 4) and torch.equal(one, model.encode(hwc)[0])
+    chw = torch.randint(0, 256, (3, 3, 32, 32), generator=g, dtype=torch.uint8)
+    want = model.encode(pixels.to_float(chw))
+    assert torch.equal(model.encode(chw), want)
+    assert torch.equal(model.encode(chw.numpy()), want)
+    one = model.encode(chw[0])  # one image in, one code grid out
+    assert one.shape == (4, 4) and torch.equal(one, want[0])
     assert model.decode(one).shape == (3, 32, 32)
-    with pytest.raises(ShapeError, match="channels-last"):
-        model.encode(hwc.permute(0, 3, 1, 2).contiguous())
+    # channels last (Pillow, OpenCV, the numpy runtime) is read by the shape
+    assert torch.equal(model.encode(chw.permute(0, 2, 3, 1)), want)
+    assert torch.equal(model.encode(chw[0].permute(1, 2, 0).numpy()), want[0])
+    # the library's own loader and torchvision's reader, passed as they come
+    for k in range(2):
+        Image.fromarray(chw[k].permute(1, 2, 0).numpy()).save(tmp_path / f"{k}.png")
+    loaded = load_images(str(tmp_path), split="all")
+    assert loaded.shape == (2, 3, 32, 32) and torch.equal(model.encode(loaded), want[:2])
+    assert torch.equal(model.encode(read_image(str(tmp_path / "1.png"))), want[1])
+    # a shape that fits both layouts is channels first, the convention; one that fits neither is refused
+    from vqkit.model import uint8_channels_first
+
+    both, single = uint8_channels_first(torch.zeros(3, 32, 3, dtype=torch.uint8), 3)
+    assert single and both.shape == (1, 3, 32, 3)
+    with pytest.raises(ShapeError, match=r"\[B, 3, H, W\]"):
+        model.encode(torch.zeros(2, 4, 32, 32, dtype=torch.uint8))
 
 
 def test_encode_refuses_floats_far_outside_the_range() -> None:

@@ -50,8 +50,9 @@ def _config(data: Path | str, **kw: object) -> TrainConfig:
 def test_the_run_holds_small_data_in_memory_and_streams_beyond_the_budget(tmp_path: Path) -> None:
     root = _folder(tmp_path / "imgs")
     config = _config(root)
+    before = config.to_json()
     held, _ = open_training_data(config, None, 16, CPU)
-    assert config.data_memory_gb is not None and config.data_memory_gb > 0  # the budget, kept for a resume
+    assert config.to_json() == before  # the data layer never edits the run's config
     streamed, held_out = open_training_data(_config(root, data_memory_gb=0), None, 16, CPU)
     try:
         assert "held in memory" in held.description and "within" in held.description
@@ -156,3 +157,37 @@ def test_cli_streaming_run_names_an_unreadable_file_or_skips_and_counts_it(tmp_p
     skipped = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "b"), "--skip-bad"])
     assert skipped.exit_code == 0, skipped.output
     assert "left out 1 unreadable image(s)" in skipped.output and "im002.jpg" in skipped.output
+
+
+def test_held_and_streamed_runs_give_the_same_batches_augmentation_and_skipped_files_included(
+    tmp_path: Path,
+) -> None:
+    from vqkit.data.folder import is_held_out
+    from vqkit.images import find_image_names
+
+    root = _folder(tmp_path / "imgs")
+    shards = pack_folder(root, tmp_path / "shards", shard_size=15).out
+    train_names = [n for n in find_image_names(root) if not is_held_out(n)]
+    (root / train_names[3]).write_bytes(b"not an image")  # after packing: only the folder has it
+    common = dict(augment_scale=0.4, augment_flip=True, skip_bad=True, seed=5)
+    for data in (root, shards):
+        with pytest.warns(DataWarning) if data == root else _nothing():
+            held, held_out = open_training_data(_config(data, data_memory_gb=1, **common), None, 16, CPU)
+            streamed, streamed_out = open_training_data(
+                _config(data, data_memory_gb=0, **common), None, 16, CPU
+            )
+            try:
+                assert "held in memory" in held.description and "streamed" in streamed.description
+                for step in (0, 1, 4, 9, 3):  # past an epoch, and out of order (a resume)
+                    assert torch.equal(held.get(step), streamed.get(step)), (data, step)
+                assert np.array_equal(held_out.images, streamed_out.images)
+            finally:
+                streamed.close()
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

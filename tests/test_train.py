@@ -251,3 +251,24 @@ def test_build_and_train_give_the_same_model(tmp_path: Path) -> None:
         options = [json.dumps(getattr(s, f"{part}_options"), sort_keys=True) for s in specs]
         assert len(set(options)) == 1, (part, options)
     assert len({(s.latent_dim, s.codebook_size) for s in specs}) == 1
+
+
+def test_misspelt_names_fail_before_any_image_is_read(tmp_path: Path) -> None:
+    """Every image here is unreadable: a run that touched the data would fail on them, not on the name."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for k in range(50):
+        (data / f"{k}.png").write_bytes(b"not a png")
+    base = ["train", "--data", str(data), "--steps", "1", "-o", str(tmp_path / "run"), "-q"]
+    for extra, expected in (
+        (["--quantizer", "vqq"], "unknown quantizer 'vqq'"),
+        (["--encoder", "conv33"], "unknown encoder 'conv33'"),
+        (["--set", "quantizer.betaa=0.5"], "has no option 'betaa'"),
+        (["--loss", "mse+lpipz"], "lpipz"),
+        (["--loss", "ssim", "--set", "loss.ssim.nope=1"], "has no option 'nope'"),
+    ):
+        code, text = _run([*base, *extra])
+        assert code != 0 and expected in text and "cannot read" not in text, (extra, text)
+        assert not (tmp_path / "run").exists()
+    code, text = _run(base)  # the names are fine: now the data's problem is the one reported
+    assert code != 0 and "cannot read image" in text, text

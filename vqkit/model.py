@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vqkit import checks, pixels, presets
@@ -18,22 +17,30 @@ from vqkit.discovery import load_plugins
 from vqkit.errors import OptionError, ShapeError, VQKitError
 from vqkit.options import validate_options
 from vqkit.registry import REGISTRIES, Entry, decoders, encoders
-from vqkit.spec import PARTS, SPEC_FORMAT, ModelSpec, spec_problem
+from vqkit.spec import (
+    DEFAULT_CHANNELS,
+    DEFAULT_ENCODER,
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_QUANTIZER,
+    PARTS,
+    SPEC_FORMAT,
+    ModelSpec,
+    spec_problem,
+)
 
 __all__ = ["SPEC_FORMAT", "VQVAE", "ModelSpec", "VQVAEOutput", "build_from_spec", "build_model"]
 
-DEFAULT_ENCODER = "conv3"
-DEFAULT_QUANTIZER = "vq"
 # Float images a little outside [-1, 1] (rounding in a user's own conversion) are accepted, as by the runtime.
 FLOAT_RANGE_TOLERANCE = 1e-3
 
 
 @dataclass
 class VQVAEOutput:
+    """What a training forward pass gives: the reconstruction and the quantizer's output (its auxiliary loss
+    included). The reconstruction loss is the trainer's objectives' (``vqkit.objectives``), not the model's."""
+
     reconstruction: torch.Tensor
     quantized: Quantized
-    recon_loss: torch.Tensor
-    loss: torch.Tensor
 
 
 class VQVAE(nn.Module):
@@ -94,9 +101,7 @@ class VQVAE(nn.Module):
     def forward(self, x: torch.Tensor) -> VQVAEOutput:
         z = self.encoder(x)
         q = self.quantizer(z)
-        recon = self.decoder(q.z_q)
-        recon_loss = F.mse_loss(recon.float(), x.float())
-        return VQVAEOutput(recon, q, recon_loss, recon_loss + q.loss)
+        return VQVAEOutput(self.decoder(q.z_q), q)
 
     def _device(self) -> torch.device:
         tensor = next(itertools.chain(self.parameters(), self.buffers()), None)
@@ -104,27 +109,24 @@ class VQVAE(nn.Module):
 
     def images_to_model(self, images: Any, *, check: bool = True) -> tuple[torch.Tensor, bool]:
         """Any accepted image input -> float ``[B, C, H, W]`` in [-1, 1] on the model's device, and whether it
-        was one image. The inputs :class:`vqkit.runtime.Tokenizer` takes, with the same meaning:
+        was one image.
 
-        - uint8 pixels 0..255, channels last: ``[H, W, C]`` or ``[B, H, W, C]`` (``[H, W]`` for one channel);
-        - floats in [-1, 1], channels first: ``[C, H, W]`` or ``[B, C, H, W]``.
+        The torch side of vqkit has one layout, channels first, whatever the dtype:
+
+        - uint8 pixels 0..255: ``[C, H, W]`` or ``[B, C, H, W]``, what ``vqkit.data.load_images`` and
+          ``torchvision.io.read_image`` give (``[H, W]`` for one channel);
+        - floats in [-1, 1]: ``[C, H, W]`` or ``[B, C, H, W]``.
+
+        uint8 pixels channels last (``[H, W, C]``, ``[B, H, W, C]``: what Pillow, OpenCV and the numpy runtime
+        :class:`vqkit.runtime.Tokenizer` take) are accepted too when the shape says so: the channel axis is
+        the one of size C. A shape that fits both (the size at the channels-first place and the last size
+        both equal C, e.g. ``[3, 32, 3]``) is read channels first, the convention.
 
         With ``check``, floats outside [-1, 1] (beyond a small tolerance), NaN or infinity are refused."""
         x = images if isinstance(images, torch.Tensor) else torch.as_tensor(images)
-        c = self.spec.channels
         if x.dtype == torch.uint8:
-            if x.dim() == 2 and c == 1:
-                x = x[:, :, None]
-            if x.dim() not in (3, 4):
-                raise ShapeError(f"uint8 images must be [H, W, C] or [B, H, W, C], got shape {list(x.shape)}")
-            single = x.dim() == 3
-            x = x[None] if single else x
-            if x.shape[-1] != c:
-                hint = " (uint8 images are channels-last; permute CHW to HWC)" if x.shape[1] == c else ""
-                raise ShapeError(
-                    f"expected {c}-channel uint8 images [..., H, W, {c}], got shape {list(x.shape)}{hint}"
-                )
-            return pixels.to_float(x.to(self._device()).permute(0, 3, 1, 2)), single
+            x, single = uint8_channels_first(x, self.spec.channels)
+            return pixels.to_float(x.to(self._device())), single
         if not x.dtype.is_floating_point:
             raise ShapeError(
                 f"images must be uint8 (0..255, [B,] H, W, C) or float ([-1, 1], [B,] C, H, W), got {x.dtype}"
@@ -146,8 +148,8 @@ class VQVAE(nn.Module):
     def encode(self, x: Any, *, check: bool = True) -> torch.Tensor:
         """Images -> int64 codes ``[B, h, w]`` (or ``[B, h, w, S]``); one image -> codes without the batch axis.
 
-        Takes uint8 pixels (0..255, channels last) or floats in [-1, 1] (channels first), as
-        :meth:`images_to_model` says; ``check=False`` skips the checks (and their device syncs)."""
+        Takes uint8 pixels (0..255) or floats in [-1, 1], channels first, as :meth:`images_to_model` says
+        (channels-last uint8 is taken too); ``check=False`` skips the checks (and their device syncs)."""
         x, single = self.images_to_model(x, check=check)
         if check:
             self.check_images(x)
@@ -236,6 +238,27 @@ class VQVAE(nn.Module):
         )
 
 
+def uint8_channels_first(x: torch.Tensor, channels: int) -> tuple[torch.Tensor, bool]:
+    """uint8 images in the layouts :meth:`VQVAE.images_to_model` accepts -> ``[B, C, H, W]`` and whether
+    it was one image: channels first when the size at ``-3`` is ``channels``, else channels last when the
+    last size is, else a :class:`ShapeError` saying what was expected."""
+    if x.dim() == 2 and channels == 1:
+        x = x[None]
+    if x.dim() not in (3, 4):
+        raise ShapeError(
+            f"uint8 images must be [C, H, W] or [B, C, H, W] (channels last also taken), got shape {list(x.shape)}"
+        )
+    single = x.dim() == 3
+    x = x[None] if single else x
+    if x.shape[1] == channels:
+        return x, single
+    if x.shape[-1] == channels:
+        return x.permute(0, 3, 1, 2), single
+    raise ShapeError(
+        f"expected {channels}-channel uint8 images [B, {channels}, H, W], got shape {list(x.shape)}"
+    )
+
+
 def default_decoder(encoder: str) -> str:
     load_plugins()
     encoders.entry(encoder)  # an unknown encoder is the clearer error
@@ -299,11 +322,9 @@ def _construct(kind: str, name: str, obj: Any, *args: Any, **options: Any) -> nn
         raise OptionError(f"{kind} {name!r} rejected its settings: {exc}") from exc
 
 
-def _check_sizes(channels: Any, image_size: Any, latent_dim: Any, codebook_size: Any) -> None:
-    fields = {"channels": channels, "image_size": image_size}
-    fields.update(
-        {k: v for k, v in (("latent_dim", latent_dim), ("codebook_size", codebook_size)) if v is not None}
-    )
+def _check_sizes(fields: dict[str, Any]) -> None:
+    """Sizes against the spec's limits; ``latent_dim``/``codebook_size`` None are the quantizer's choice."""
+    fields = {k: v for k, v in fields.items() if v is not None or k in ("channels", "image_size")}
     problem = spec_problem(fields)
     if problem:
         first = problem.split()[0]
@@ -321,14 +342,56 @@ def _check_build_args(names: dict[str, Any], options: dict[str, Any], seed: Any)
     checks.optional_seed(seed)
 
 
+def resolve_names(
+    encoder: str | None = None,
+    quantizer: str | None = None,
+    decoder: str | None = None,
+    *,
+    preset: str | None = None,
+    latent_dim: int | None = None,
+    codebook_size: int | None = None,
+    encoder_options: dict[str, Any] | None = None,
+    quantizer_options: dict[str, Any] | None = None,
+    decoder_options: dict[str, Any] | None = None,
+) -> tuple[dict[str, str], dict[str, dict[str, Any]], dict[str, Any]]:
+    """The component names (defaults and preset applied) and each part's validated options, constructing
+    nothing: an unknown name or option is an :class:`OptionError` in milliseconds, so a command can check
+    what it was asked for before it reads any data. Returns ``(names, options per part, merged settings)``."""
+    names = {"encoder": encoder, "quantizer": quantizer, "decoder": decoder, "preset": preset}
+    parts = {"encoder_options": encoder_options, "quantizer_options": quantizer_options}
+    parts["decoder_options"] = decoder_options
+    _check_build_args(names, parts, None)
+    load_plugins()
+    given = {"encoder": encoder, "quantizer": quantizer, "decoder": decoder}
+    given.update(parts, latent_dim=latent_dim, codebook_size=codebook_size)
+    settings = presets.apply(preset, given)
+    _check_sizes({k: settings.get(k) for k in ("latent_dim", "codebook_size")})
+    first = settings.get("encoder") or DEFAULT_ENCODER
+    chosen = {
+        "encoder": first,
+        "quantizer": settings.get("quantizer") or DEFAULT_QUANTIZER,
+        "decoder": settings.get("decoder") or default_decoder(first),
+    }
+    for part in PARTS:
+        if not isinstance(settings[f"{part}_options"], dict):
+            raise OptionError(f"{part}_options must be a dict of option names to values")
+    user = {
+        part: validate_options(REGISTRIES[part].entry(chosen[part]), settings[f"{part}_options"])
+        for part in PARTS
+    }
+    if not settings.get("decoder"):
+        _mirror(user, REGISTRIES["decoder"].entry(chosen["decoder"]).obj)
+    return chosen, user, settings
+
+
 def build_model(
     encoder: str | None = None,
     quantizer: str | None = None,
     decoder: str | None = None,
     *,
     preset: str | None = None,
-    channels: int = 3,
-    image_size: int = 32,
+    channels: int = DEFAULT_CHANNELS,
+    image_size: int = DEFAULT_IMAGE_SIZE,
     latent_dim: int | None = None,
     codebook_size: int | None = None,
     encoder_options: dict[str, Any] | None = None,
@@ -346,30 +409,19 @@ def build_model(
     given to encoder and decoder. ``decoder=None``: the decoder named like the encoder. ``seed`` makes
     initial weights repeatable.
     """
-    names = {"encoder": encoder, "quantizer": quantizer, "decoder": decoder, "preset": preset}
-    parts = {"encoder_options": encoder_options, "quantizer_options": quantizer_options}
-    parts["decoder_options"] = decoder_options
-    _check_build_args(names, parts, seed)
-    load_plugins()
-    given = {"encoder": encoder, "quantizer": quantizer, "decoder": decoder}
-    given.update(parts, latent_dim=latent_dim, codebook_size=codebook_size)
-    settings = presets.apply(preset, given)
-    _check_sizes(channels, image_size, settings.get("latent_dim"), settings.get("codebook_size"))
-    encoder = settings.get("encoder") or DEFAULT_ENCODER
-    names = {
-        "encoder": encoder,
-        "quantizer": settings.get("quantizer") or DEFAULT_QUANTIZER,
-        "decoder": settings.get("decoder") or default_decoder(encoder),
-    }
-    for part in PARTS:
-        if not isinstance(settings[f"{part}_options"], dict):
-            raise OptionError(f"{part}_options must be a dict of option names to values")
-    user = {
-        part: validate_options(REGISTRIES[part].entry(names[part]), settings[f"{part}_options"])
-        for part in PARTS
-    }
-    if not settings.get("decoder"):
-        _mirror(user, REGISTRIES["decoder"].entry(names["decoder"]).obj)
+    checks.optional_seed(seed)
+    _check_sizes({"channels": channels, "image_size": image_size})
+    names, user, settings = resolve_names(
+        encoder,
+        quantizer,
+        decoder,
+        preset=preset,
+        latent_dim=latent_dim,
+        codebook_size=codebook_size,
+        encoder_options=encoder_options,
+        quantizer_options=quantizer_options,
+        decoder_options=decoder_options,
+    )
     spec = ModelSpec(
         **names,
         encoder_options=user["encoder"],

@@ -267,11 +267,9 @@ class Loss(nn.Module):
             obj.load_training_state(state[name])
 
 
-def build_loss(
-    text: str = "mse", options: dict[str, dict[str, Any]] | None = None, device: Any = None
-) -> Loss:
-    """Build the loss ``text`` spells from registered objectives. ``options[name]`` are that objective's
-    options (inline options in the spelling take precedence over them)."""
+def check_loss(text: str = "mse", options: dict[str, dict[str, Any]] | None = None) -> list[tuple[Any, dict]]:
+    """Each term's registry entry and validated options, constructing nothing (no weights are read): an
+    unknown objective or option is an :class:`OptionError` before a run reads any data."""
     from vqkit.discovery import load_plugins
     from vqkit.options import validate_options
     from vqkit.registry import objectives
@@ -286,11 +284,22 @@ def build_loss(
                 f"options given for objective {name!r}, which is not in loss {format_loss(terms)!r}",
                 param="loss_options",
             )
-    built: list[tuple[str, float, Objective]] = []
-    for name, weight, inline in terms:
+    out = []
+    for name, _, inline in terms:
         entry = objectives.entry(name)
-        given = {**dict(options.get(name) or {}), **inline}
-        opts = validate_options(entry, given)
+        out.append((entry, validate_options(entry, {**dict(options.get(name) or {}), **inline})))
+    return out
+
+
+def build_loss(
+    text: str = "mse", options: dict[str, dict[str, Any]] | None = None, device: Any = None
+) -> Loss:
+    """Build the loss ``text`` spells from registered objectives. ``options[name]`` are that objective's
+    options (inline options in the spelling take precedence over them)."""
+    checked = check_loss(text, options)
+    terms = parse_loss(text)
+    built: list[tuple[str, float, Objective]] = []
+    for (name, weight, _), (entry, opts) in zip(terms, checked, strict=True):
         try:
             obj = entry.obj(**opts)
         except VQKitError:

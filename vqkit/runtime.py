@@ -19,6 +19,10 @@ Image inputs ``encode`` accepts (the layout follows the dtype):
   for one-channel models also ``[H, W]``);
 - ``float16/32/64``, channels first, values in [-1, 1]: ``[C, H, W]`` or ``[N, C, H, W]`` (what the model sees).
 
+This numpy side keeps the image layout of numpy's image libraries (uint8 channels last), on purpose: its callers
+hold Pillow or OpenCV arrays. The torch side (``VQVAE.encode``) is channels first for every dtype, as torchvision
+is, and takes channels-last uint8 as well where the shape tells the two apart.
+
 One image in gives codes without the batch axis; a batch gives a batch. ``decode`` mirrors it; it takes int32
 or int64 codes (whatever the export's ``codes_dtype``) and refuses codes outside the codebook with one error.
 A Tokenizer holds no mutable state, so one instance may serve ``encode``/``decode`` calls from many threads at

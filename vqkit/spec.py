@@ -23,6 +23,13 @@ MAX_CODEBOOK_SIZE = 2**62  # codes are int64
 MAX_NAME_LENGTH = 200
 
 
+# The model built when nothing is named, in one place: build_model, the model spec and the CLI's help use these.
+DEFAULT_ENCODER = "conv3"
+DEFAULT_QUANTIZER = "vq"
+DEFAULT_CHANNELS = 3
+DEFAULT_IMAGE_SIZE = 32
+
+
 @dataclass
 class ModelSpec:
     """Everything needed to rebuild a model: stored as JSON in the model file's metadata.
@@ -33,14 +40,14 @@ class ModelSpec:
     the plugin distribution's for third-party components, None when unknown).
     """
 
-    encoder: str = "conv3"
-    quantizer: str = "vq"
-    decoder: str = "conv3"
+    encoder: str = DEFAULT_ENCODER
+    quantizer: str = DEFAULT_QUANTIZER
+    decoder: str = DEFAULT_ENCODER  # the encoder's mirror
     encoder_options: dict[str, Any] = field(default_factory=dict)
     quantizer_options: dict[str, Any] = field(default_factory=dict)
     decoder_options: dict[str, Any] = field(default_factory=dict)
-    channels: int = 3
-    image_size: int = 32
+    channels: int = DEFAULT_CHANNELS
+    image_size: int = DEFAULT_IMAGE_SIZE
     latent_dim: int = 64
     codebook_size: int = 512
     value_range: tuple[float, float] = (-1.0, 1.0)

@@ -225,9 +225,10 @@ def _train_a_little(model: nn.Module, images: torch.Tensor) -> None:
     opt = torch.optim.SGD(params, lr=0.05) if params else None
     for _ in range(2):
         out = model(images)
-        if opt is not None and out.loss.requires_grad:
+        loss = torch.nn.functional.mse_loss(out.reconstruction.float(), images.float()) + out.quantized.loss
+        if opt is not None and loss.requires_grad:
             opt.zero_grad()
-            out.loss.backward()
+            loss.backward()
             opt.step()
     model.eval()
 

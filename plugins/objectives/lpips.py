@@ -147,6 +147,11 @@ class LPIPS(Objective):
     hub cache, ``$TORCH_HOME/hub/checkpoints``). Gray images are repeated to three channels.
     """
 
+    @staticmethod
+    def weights_available() -> bool:
+        """Whether the default weight file is in place (``vqkit eval`` then measures LPIPS unasked)."""
+        return default_weights_path().is_file()
+
     def __init__(self, weights: str | None = None) -> None:
         super().__init__()
         tensors = read_lpips_weights(weights or default_weights_path())  # checked before building anything

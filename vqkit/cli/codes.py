@@ -25,7 +25,15 @@ _batch_option = click.option(
 
 @click.command("encode")
 @click.argument("tokenizer", type=click.Path(path_type=Path))
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--data",
+    default=None,
+    help="Encode a data source instead of files: a folder, tar shards (a .tar, a pattern, a folder of shards), "
+    "mnist5k or a torchvision dataset name; read a batch at a time.",
+)
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="all", show_default=True)
+@click.option("--skip-bad", is_flag=True, help="Leave out images of --data that cannot be read (counted).")
 @click.option(
     "-o",
     "--output",
@@ -36,7 +44,14 @@ _batch_option = click.option(
 @_provider_option
 @_batch_option
 def encode_command(
-    tokenizer: Path, images: tuple[Path, ...], output: Path, provider: tuple[str, ...], batch_size: int
+    tokenizer: Path,
+    images: tuple[Path, ...],
+    data: str | None,
+    split: str,
+    skip_bad: bool,
+    output: Path,
+    provider: tuple[str, ...],
+    batch_size: int,
 ) -> None:
     """Turn IMAGES (files or folders) into int64 codes [N, h, w] with an exported TOKENIZER folder.
 
@@ -46,7 +61,8 @@ def encode_command(
     a codes.json there that an earlier encode did not write for the same codes file is refused, not replaced.
 
     \b
-    Example: vqkit encode tokenizer/ photos/*.png -o codes.npy
+    Examples: vqkit encode tokenizer/ photos/*.png -o codes.npy
+              vqkit encode tokenizer/ --data 'shards/*.tar' -o codes.npy
     """
     import numpy as np
 
@@ -61,22 +77,29 @@ def encode_command(
             f"give the codes file a .npy name, not {output.name} (the image names go to a .json)"
         )
     _refuse_foreign_names_file(names_file, output)
+    if bool(images) == bool(data):
+        raise VQKitError("give IMAGES (files or folders) or --data SOURCE, one of the two")
     tok = Tokenizer(tokenizer, providers=_providers(provider))
-    paths: list[Path] = []
-    for item in images:
-        if item.is_dir():
-            found = find_images(item)
-            if not found:
-                raise VQKitError(f"no image files in folder {item}")
-            paths.extend(found)
-        else:
-            paths.append(item)
-    codes = tok.encode_files(paths, batch_size=batch_size)
+    if data:
+        from vqkit.data.imageset import encode_source
+
+        codes, names = encode_source(tok, data, split=split, batch_size=batch_size, skip_bad=skip_bad)
+    else:
+        paths: list[Path] = []
+        for item in images:
+            if item.is_dir():
+                found = find_images(item)
+                if not found:
+                    raise VQKitError(f"no image files in folder {item}")
+                paths.extend(found)
+            else:
+                paths.append(item)
+        codes, names = tok.encode_files(paths, batch_size=batch_size), [str(p) for p in paths]
     with atomic_path(output) as tmp, open(tmp, "wb") as f:
         np.save(f, codes, allow_pickle=False)
     rows = {
         "codes": output.name,
-        "images": [str(p) for p in paths],
+        "images": names,
         "shape": list(codes.shape),
         "dtype": str(codes.dtype),
         "tokenizer": str(tokenizer),
@@ -84,7 +107,7 @@ def encode_command(
     with atomic_path(names_file) as tmp:
         tmp.write_text(json.dumps(rows, indent=1) + "\n")
     click.echo(
-        f"encoded    {len(paths)} images -> {output} (int64 {list(codes.shape)}, codes < {tok.codebook_size}); "
+        f"encoded    {len(names)} images -> {output} (int64 {list(codes.shape)}, codes < {tok.codebook_size}); "
         f"image names -> {names_file.name}"
     )
 

@@ -9,6 +9,7 @@ import click
 
 from vqkit import presets
 from vqkit.options import parse_sets
+from vqkit.spec import DEFAULT_CHANNELS, DEFAULT_ENCODER, DEFAULT_IMAGE_SIZE, DEFAULT_QUANTIZER
 
 
 def _part_help(kind: str, name: str, options: dict[str, Any] | None) -> str:
@@ -22,8 +23,8 @@ def _preset_help() -> str:
 
 
 def model_options(
-    channels_default: int | None = 3,
-    image_size_default: int | None = 32,
+    channels_default: int | None = DEFAULT_CHANNELS,
+    image_size_default: int | None = DEFAULT_IMAGE_SIZE,
     model_defaults: dict[str, Any] | None = None,
 ) -> Callable[..., Any]:
     """Decorator adding --preset/--encoder/--quantizer/--decoder/--channels/--image-size/--latent-dim/
@@ -31,7 +32,7 @@ def model_options(
 
     Component options default to None (not given), so that a ``--preset`` can name them; ``model_defaults``
     names what is built when neither is given, for the help text."""
-    d = model_defaults or {"encoder": "conv3", "quantizer": "vq"}
+    d = model_defaults or {"encoder": DEFAULT_ENCODER, "quantizer": DEFAULT_QUANTIZER}
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         opts = [
@@ -39,12 +40,12 @@ def model_options(
             click.option(
                 "--encoder",
                 default=None,
-                help=_part_help("encoder", d["encoder"] or "conv3", d.get("encoder_options")),
+                help=_part_help("encoder", d["encoder"] or DEFAULT_ENCODER, d.get("encoder_options")),
             ),
             click.option(
                 "--quantizer",
                 default=None,
-                help=_part_help("quantizer", d["quantizer"] or "vq", d.get("quantizer_options")),
+                help=_part_help("quantizer", d["quantizer"] or DEFAULT_QUANTIZER, d.get("quantizer_options")),
             ),
             click.option(
                 "--decoder",

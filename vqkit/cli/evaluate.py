@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from vqkit.cli.options import data_options, device_option, output_option, scale_option
+from vqkit.cli.options import config_option, data_options, device_option, output_option, scale_option
 
 
 @click.command("eval")
@@ -78,21 +78,63 @@ def eval_command(
 
 @click.command()
 @click.argument("model_path", metavar="MODEL", type=click.Path())
-@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option(
+    "--data",
+    default=None,
+    help="Reconstruct the first --limit images of a data source's --split instead of files: a folder, tar "
+    "shards (a .tar, a pattern, a folder of shards), mnist5k or a torchvision dataset name.",
+)
+@click.option("--split", type=click.Choice(["train", "test", "all"]), default="test", show_default=True)
+@click.option(
+    "--limit", type=click.IntRange(min=1), default=16, show_default=True, help="Images from --data."
+)
+@config_option("data_root", type=click.Path(file_okay=False))
+@config_option("download")
+@config_option("skip_bad")
 @output_option("The grid PNG to write.", required=True, dir_okay=False)
 @scale_option
 @device_option
 def reconstruct(
-    model_path: str, images: tuple[str, ...], output: Path, scale: int | None, device: str
+    model_path: str,
+    images: tuple[str, ...],
+    data: str | None,
+    split: str,
+    limit: int,
+    data_root: str | None,
+    download: bool,
+    skip_bad: bool,
+    output: Path,
+    scale: int | None,
+    device: str,
 ) -> None:
-    """Encode and decode IMAGES (files, or folders searched recursively) with MODEL; write one grid,
-    originals above their reconstructions.
+    """Encode and decode IMAGES (files, or folders searched recursively) or the images of --data with MODEL;
+    write one grid, originals above their reconstructions.
 
     \b
-    Example: vqkit reconstruct runs/run-1/model.safetensors a.png b.png photos/ -o grid.png
+    Examples:
+      vqkit reconstruct runs/run-1/model.safetensors a.png b.png photos/ -o grid.png
+      vqkit reconstruct runs/run-1/model.safetensors --data 'shards/train-{000..009}.tar' -o grid.png
     """
-    from vqkit.evaluate import reconstruct_files
+    from vqkit.errors import OptionError
+    from vqkit.evaluate import reconstruct_files, reconstruct_source
 
-    report = reconstruct_files(model_path, list(images), output, device=device, scale=scale)
+    if bool(images) == bool(data):
+        raise OptionError("give IMAGES (files or folders) or --data SOURCE, one of the two")
+    if data:
+        report = reconstruct_source(
+            model_path,
+            data,
+            output,
+            split=split,
+            limit=limit,
+            data_root=data_root,
+            download=download,
+            skip_bad=skip_bad,
+            device=device,
+            scale=scale,
+        )
+    else:
+        report = reconstruct_files(model_path, list(images), output, device=device, scale=scale)
     click.echo(f"PSNR {report['psnr']:.2f} dB over {report['images']} image(s)")
     click.echo(f"saved      {output}")

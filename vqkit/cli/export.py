@@ -42,7 +42,7 @@ from vqkit.options import parse_value
 @click.option(
     "--data",
     default=None,
-    help="Images for the check: a folder or dataset name (its test split) [default: mnist5k].",
+    help="Images for the check: a folder, tar shards or a dataset name (its test split) [default: mnist5k].",
 )
 @click.option(
     "--num-images",

@@ -21,7 +21,10 @@ def prior_group() -> None:
 @prior_group.command("train")
 @click.argument("model", type=MODEL)
 @click.option(
-    "--data", default="mnist5k", show_default=True, help="mnist5k, a folder of images, or a dataset name."
+    "--data",
+    default="mnist5k",
+    show_default=True,
+    help="mnist5k, a folder of images, tar shards (a .tar, a pattern, a folder of shards) or a dataset name.",
 )
 @click.option(
     "-o",

@@ -1,39 +1,33 @@
 """Image data for vqkit.
 
-In memory: ``load_images`` turns a source into one uint8 array ``[N, C, H, W]``. Sources: the built-in
-``mnist5k`` (ships inside the package, no download), a folder of images (recursive), or a torchvision dataset
-by name (``mnist``, ``fashion-mnist``, ``cifar10``, ...; downloaded only when asked).
+Sources: the built-in ``mnist5k`` (ships inside the package, no download), a folder of images (recursive),
+tar shards (``vqkit.data.pack.pack_folder`` writes them), or a torchvision dataset by name (``mnist``,
+``fashion-mnist``, ``cifar10``, ...; downloaded only when asked). Every command reads them the same way:
 
-Streaming, for data bigger than memory: ``vqkit.data.stream.StreamingData`` decodes batches of a folder or of
-tar shards (``vqkit.data.sources.open_source``; ``vqkit.data.pack.pack_folder`` writes shards) in worker
-processes, with optional augmentation (``vqkit.data.augment.Augment``). That module imports torch; this
-package does not, so the decoding workers stay small.
+- ``vqkit.data.imageset.open_images``: one split, in order, a batch at a time (a folder or shards is never
+  held whole); ``load_images`` is its whole split as one uint8 array ``[N, C, H, W]``.
+- training: ``vqkit.training.data`` holds the decoded images in memory when they fit the memory budget, else
+  streams them (``vqkit.data.stream``, decoding worker processes); both in ``vqkit.data.order``'s order, with
+  ``vqkit.data.augment``'s one augmentation function, so the residency changes speed only.
+
+uint8 images are channels first, ``[N, C, H, W]``, as torchvision's. ``vqkit.data.stream`` and
+``vqkit.data.order`` import torch; the rest of this package does not, so the decoding workers stay small.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from vqkit import checks
-from vqkit.data.common import (
-    SPLITS,
-    DataError,
-    DataWarning,
-    check_split,
-    convert_channels,
-    pad_to,
-    resize_square,
-)
-from vqkit.data.folder import HOLDOUT_EVERY, load_folder
+from vqkit.data.common import SPLITS, DataError, DataWarning, check_split
+from vqkit.data.folder import HOLDOUT_EVERY
+from vqkit.data.imageset import open_images, streamable
+from vqkit.data.named import BUILTIN, load_mnist5k, load_named, source_names
 from vqkit.data.torchvision_sets import DATASETS as TORCHVISION_DATASETS
-from vqkit.data.torchvision_sets import default_root, load_torchvision
-
-BUILTIN = ("mnist5k",)
+from vqkit.data.torchvision_sets import default_root
 
 __all__ = [
     "BUILTIN",
@@ -47,40 +41,6 @@ __all__ = [
     "load_mnist5k",
     "source_names",
 ]
-
-
-def load_mnist5k(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """The built-in MNIST subset: uint8 images ``[N, 1, 32, 32]`` (28x28 digits padded by 2) and labels ``[N]``.
-
-    ``split`` is ``"train"`` (4,500 images) or ``"test"`` (500, held out; fixed split). See ``MNIST5K.md``.
-    """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    with (
-        resources.files(__name__).joinpath("mnist5k.npz").open("rb") as f,
-        np.load(f, allow_pickle=False) as z,
-    ):
-        return z[f"{split}_images"], z[f"{split}_labels"]
-
-
-def source_names() -> list[str]:
-    """Dataset names ``load_images`` knows (besides folders)."""
-    return [*BUILTIN, *TORCHVISION_DATASETS]
-
-
-def _fit(images: np.ndarray, channels: int | None, image_size: int | None, what: str) -> np.ndarray:
-    """Bring a dataset's own array to the asked channels and size (MNIST-like 28x28 digits are zero-padded
-    to 32x32 when no other size is asked, as in mnist5k, so three stride-2 layers give a 4x4 grid)."""
-    if channels is not None:
-        images = convert_channels(images, channels)
-    h, w = images.shape[-2:]
-    if (h, w) == (28, 28) and image_size in (None, 32):
-        return pad_to(images, 32)
-    if image_size is not None:
-        images = resize_square(images, image_size, what)
-    elif h != w:
-        images = resize_square(images, min(h, w), what)
-    return np.ascontiguousarray(images)
 
 
 def load_images(
@@ -116,21 +76,12 @@ def load_images(
     if image_size is not None and image_size < 1:
         raise DataError(f"image size must be positive, got {image_size}")
     name = str(source)
-    if name.lower() in BUILTIN:
-        parts = ["train", "test"] if split == "all" else [split]
-        images = np.concatenate([load_mnist5k(s)[0] for s in parts])
-        return _fit(images, channels, image_size, "mnist5k")
     path = Path(name).expanduser()
-    if path.is_dir():
-        return load_folder(path, split=split, channels=channels, image_size=image_size, skip_bad=skip_bad)
+    if streamable(name):  # a folder or tar shards: read as every command reads them
+        found = open_images(name, split=split, channels=channels, image_size=image_size, skip_bad=skip_bad)
+        return found.read()
     if path.exists():
-        raise DataError(f"{path} is a file; give a folder of images, or a dataset name like mnist5k")
-    if name.lower() in TORCHVISION_DATASETS:
-        images = load_torchvision(name.lower(), split, data_root, download)
-        return _fit(images, channels, image_size, name.lower())
-    close = difflib.get_close_matches(name.lower(), source_names(), n=1, cutoff=0.6)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    raise DataError(
-        f"no data source {name!r}: not a folder, nor a dataset name.{hint} "
-        f"Datasets: {', '.join(source_names())} (only mnist5k ships with vqkit; the others need --download once)."
-    )
+        raise DataError(
+            f"{path} is a file; give a folder of images or tar shards, or a dataset name like mnist5k"
+        )
+    return load_named(name, split, channels, image_size, download, data_root)

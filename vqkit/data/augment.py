@@ -3,7 +3,11 @@
 Every random choice comes from a generator seeded by (seed, epoch, sample index), never from a stream that
 advances with the data: the crop of an image in an epoch is the same whichever process decodes it, in
 whatever order, and a resumed run redoes exactly the crops the interrupted one would have made.
-Torch-free (numpy + Pillow): the decoding workers run it without importing torch.
+
+One function does the pixels, :func:`augment_image`, on the uint8 square every path holds (the image resized
+and centre-cropped to the run's size): a decoding worker calls it on the square it just decoded, a run that
+holds its images in memory on the stored square. So both residencies give the same augmented pixels, and
+switching between them changes speed only. Torch-free (numpy + Pillow): the decoding workers run it.
 """
 
 from __future__ import annotations
@@ -88,3 +92,28 @@ def _centre_box(width: int, height: int) -> tuple[int, int, int, int]:
 
 
 NO_AUGMENT = Augment()
+
+
+def augment_image(square: np.ndarray, augment: Augment, seed: int, epoch: int, index: int) -> np.ndarray:
+    """A uint8 ``[C, S, S]`` image -> the same, cropped (and resized back to ``S x S``, bicubic) and flipped
+    as drawn for sample ``index`` in ``epoch``."""
+    c, h, w = square.shape
+    box, flip = augment.draw(seed, epoch, index, w, h)
+    if augment.crops:
+        from PIL import Image
+
+        im = Image.fromarray(square[0] if c == 1 else np.ascontiguousarray(square.transpose(1, 2, 0)))
+        out = np.asarray(im.resize((w, h), Image.BICUBIC, box=box), dtype=np.uint8)
+        square = out[None] if out.ndim == 2 else out.transpose(2, 0, 1)
+    return np.ascontiguousarray(square[:, :, ::-1] if flip else square)
+
+
+def augment_images(
+    images: np.ndarray, samples: list[tuple[int, int]], augment: Augment, seed: int
+) -> np.ndarray:
+    """:func:`augment_image` over a uint8 batch ``[B, C, S, S]`` whose images are ``samples`` (epoch, index)."""
+    if not augment.active:
+        return images
+    return np.stack(
+        [augment_image(x, augment, seed, e, i) for x, (e, i) in zip(images, samples, strict=True)]
+    )

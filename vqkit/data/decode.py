@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vqkit.data.augment import NO_AUGMENT, Augment
+from vqkit.data.augment import NO_AUGMENT, Augment, augment_image
 from vqkit.errors import VQKitError
 from vqkit.images import open_image, to_chw
 
@@ -79,19 +79,12 @@ def decode_item(item: Item, spec: DecodeSpec, reader: _Reader = _READER) -> np.n
     if min(w, h) < size:
         raise VQKitError(f"image {label} is {w}x{h}, smaller than the model's {size}x{size}")
     try:
-        if spec.augment.active:
-            box, flip = spec.augment.draw(spec.seed, epoch, index, w, h)
-            if spec.augment.crops:
-                im = im.resize((size, size), _bicubic(), box=box)
-            else:
-                im = centre_square(im, size)
-            if flip:
-                im = im.transpose(_flip_lr())
-        else:
-            im = centre_square(im, size)
-        return to_chw(im)
+        square = to_chw(centre_square(im, size))
     except Exception as exc:  # a file that decodes but fails to resample is still a bad file
         raise VQKitError(f"cannot read image {label}: {exc}") from exc
+    if spec.augment.active:
+        return augment_image(square, spec.augment, spec.seed, epoch, index)
+    return square
 
 
 def decode_batch(items: list[Item], spec: DecodeSpec) -> tuple[np.ndarray, list[tuple[str, str]]]:
@@ -101,7 +94,7 @@ def decode_batch(items: list[Item], spec: DecodeSpec) -> tuple[np.ndarray, list[
     (the batch keeps its size, and the choice depends only on the data, so resuming repeats it)."""
     out = np.empty((len(items), spec.channels, spec.image_size, spec.image_size), dtype=np.uint8)
     bad: list[tuple[str, str]] = []
-    failed: list[int] = []
+    failed = np.zeros(len(items), dtype=bool)
     for i, item in enumerate(items):
         try:
             out[i] = decode_item(item, spec)
@@ -109,18 +102,8 @@ def decode_batch(items: list[Item], spec: DecodeSpec) -> tuple[np.ndarray, list[
             if not spec.skip_bad:
                 raise
             bad.append((item[2], str(exc)))
-            failed.append(i)
-    if failed:
-        skipped = set(failed)
-        good = [i for i in range(len(items)) if i not in skipped]
-        if not good:
-            raise VQKitError(
-                f"none of the {len(items)} images of a batch could be read (first: {bad[0][1]}); "
-                "is the data readable at all?"
-            )
-        for i in failed:
-            out[i] = out[next((g for g in good if g > i), good[0])]
-    return out, bad
+            failed[i] = True
+    return (out[stand_ins(failed)] if bad else out), bad
 
 
 def centre_square(im, size: int):
@@ -143,7 +126,14 @@ def _bicubic():
     return Image.BICUBIC
 
 
-def _flip_lr():
-    from PIL import Image
-
-    return getattr(Image, "Transpose", Image).FLIP_LEFT_RIGHT  # Pillow < 9.1 has no Transpose enum
+def stand_ins(failed: np.ndarray) -> np.ndarray:
+    """Each slot of a batch -> the slot whose image it takes: itself, or for an unreadable sample the next
+    readable slot of the batch (wrapping to the first). The batch keeps its size, and the choice depends only
+    on the data, so a resumed or a held run repeats it."""
+    good = np.flatnonzero(~failed)
+    if not len(good):
+        raise VQKitError(
+            f"none of the {len(failed)} images of a batch could be read; is the data readable at all?"
+        )
+    later = np.searchsorted(good, np.arange(len(failed)))  # the first readable slot at or after each
+    return np.where(later < len(good), good[np.minimum(later, len(good) - 1)], good[0])

@@ -1,11 +1,9 @@
 """Training batches streamed from a folder of images or tar shards: bounded memory whatever the data's size.
 
-The batch of global step ``s`` is a pure function of (seed, s, data, rank, world), exactly as for the
-in-memory batches (``vqkit.training.batches``): the samples form a stream of per-epoch permutations (epoch
-``e`` shuffled by ``seed`` and ``e``, each DDP rank taking every ``world``-th sample of it, equal counts),
-step ``s`` takes positions ``[s*B, (s+1)*B)`` of the rank's stream, and every augmentation draw is seeded
-by (seed, epoch, sample). So a run resumed at step ``s`` computes where it is and decodes only what it
-trains on; no loader state is saved, and the weights come out the same as without the interruption.
+The batch of global step ``s`` is :class:`vqkit.data.order.StepOrder`'s, the order the in-memory batches
+use too, and every augmentation draw is seeded by (seed, epoch, sample) and made by the same function on the
+same square image (:func:`vqkit.data.augment.augment_image`). So a run resumed at step ``s`` computes where it
+is and decodes only what it trains on, and a folder streamed or held gives the same batches.
 
 Batches are decoded ahead by worker processes (``vqkit.data.workers``): at most ``workers * prefetch``
 batches are in flight, so memory does not grow with the dataset; only the list of samples does.
@@ -21,44 +19,13 @@ import torch
 
 from vqkit.data.augment import NO_AUGMENT, Augment
 from vqkit.data.common import DataError, DataWarning, warn_if_batch_exceeds
-from vqkit.data.decode import DecodeSpec, Item, decode_batch, decode_item
+from vqkit.data.decode import DecodeSpec, Item, decode_batch
+from vqkit.data.order import StepOrder
 from vqkit.data.sources import StreamSource
 from vqkit.data.workers import DecodePool
 from vqkit.errors import OptionError, VQKitError
 
 PREFETCH = 2  # batches queued per worker: enough to hide the jitter of decoding, little memory
-
-
-class StepOrder:
-    """Which samples (epoch, index) global step ``s`` gives to ``rank``; the same formula as the in-memory
-    batches, so a folder streamed or loaded gives the same batches."""
-
-    def __init__(self, n: int, local_batch: int, *, seed: int, rank: int, world: int) -> None:
-        if n < world:
-            raise OptionError(f"{n} image(s) cannot be shared among {world} processes")
-        self.n, self.local_batch = n, local_batch
-        self.seed, self.rank, self.world = seed, rank, world
-        self.shard_size = n // world  # every rank gets the same number, as the step count must agree
-        self._perms: dict[int, np.ndarray] = {}
-
-    def epoch(self, epoch: int) -> np.ndarray:
-        perm = self._perms.get(epoch)
-        if perm is None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            full = torch.randperm(self.n, generator=g)[: self.shard_size * self.world]
-            perm = full[self.rank :: self.world].numpy()
-            if len(self._perms) > 4:
-                self._perms.pop(min(self._perms))
-            self._perms[epoch] = perm
-        return perm
-
-    def samples(self, step: int) -> list[tuple[int, int]]:
-        """``(epoch, dataset index)`` of each image of ``step``'s local batch."""
-        out = []
-        for pos in range(step * self.local_batch, (step + 1) * self.local_batch):
-            epoch, offset = divmod(pos, self.shard_size)
-            out.append((epoch, int(self.epoch(epoch)[offset])))
-        return out
 
 
 def describe_stream(source: StreamSource, workers: int, augment: Augment, why: str = "") -> str:
@@ -187,10 +154,6 @@ class StreamingData:
                 self.skipped[name] = why
         return images
 
-    def read_all(self, limit: int | None = None) -> np.ndarray:
-        """The first ``limit`` readable samples of the source, centre-cropped, as uint8 ``[N, C, S, S]``."""
-        return decode_first(self.source, self.channels, self.image_size, limit, skip_bad=self.spec.skip_bad)
-
     def _close_pool(self) -> None:
         if self._pool is not None:
             self._pool.close()
@@ -219,27 +182,3 @@ class StreamingData:
             self.close()
         except Exception:
             pass
-
-
-def decode_first(
-    source: StreamSource, channels: int, image_size: int, limit: int | None = None, *, skip_bad: bool = False
-) -> np.ndarray:
-    """The first ``limit`` readable samples in the source's order (all when None), centre-cropped, without
-    augmentation, as uint8 ``[N, C, S, S]``: evaluation images from a held-out split, or a small source held in
-    memory. Decoded here, one by one."""
-    spec = DecodeSpec(channels, image_size)
-    want = len(source) if limit is None else min(limit, len(source))
-    out = np.empty((want, channels, image_size, image_size), dtype=np.uint8)
-    n = 0
-    for i in range(len(source)):
-        if n == want:
-            break
-        try:
-            out[n] = decode_item(source.item(0, i), spec)
-            n += 1
-        except VQKitError as exc:
-            if not skip_bad:
-                raise DataError(f"{exc} (skip_bad, --skip-bad, leaves such files out)") from exc
-    if n == 0:
-        raise DataError(f"none of the images of {source.where} could be read")
-    return out[:n]

@@ -204,9 +204,10 @@ def validation_images(
     count: int = DEFAULT_NUM_IMAGES,
 ) -> tuple[np.ndarray, str]:
     """Held-out uint8 images ``[N, channels, image_size, image_size]`` for the parity check, and where they
-    came from: the test split of ``data`` (a folder or dataset name, via ``vqkit.data.load_images``), or of the
+    came from: the test split of ``data`` (a folder, tar shards or a dataset name), or of the
     built-in mnist5k, converted to the model's channels and size."""
     from vqkit.data import load_images
+    from vqkit.data.imageset import open_images
 
     if count < 1:
         raise VQKitError(f"the parity check needs at least 1 image, got {count}")
@@ -216,8 +217,8 @@ def validation_images(
         images = load_images(source, split="test", channels=channels)
         if images.shape[-1] != image_size:
             images = _resize(images, image_size)
-    else:
-        images = load_images(source, split="test", channels=channels, image_size=image_size)
+    else:  # any source the other commands read, shards included; only the first ``count`` are decoded
+        images = open_images(source, split="test", channels=channels, image_size=image_size).read(count)
     if len(images) == 0:
         raise VQKitError(f"{source} has no held-out (test) images for the parity check")
     return np.ascontiguousarray(images[:count]), f"{source} (test split)"

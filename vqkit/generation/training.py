@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from vqkit import checks
+from vqkit.data.imageset import HeldImages, ImageSet
 from vqkit.device import resolve_device
 from vqkit.errors import OptionError, VQKitError
 from vqkit.generation.prior import PRIOR_FILE, CodePrior, PriorSpec, model_fingerprint, save_prior
@@ -87,15 +88,15 @@ class PriorTrainResult:
 
 
 def encode_images(
-    model: Any, images: np.ndarray, device: torch.device, batch_size: int = 500
+    model: Any, images: np.ndarray | ImageSet, device: torch.device, batch_size: int = 500
 ) -> torch.Tensor:
-    """uint8 images ``[N, C, H, W]`` -> the model's codes, int64, on ``device``."""
+    """uint8 images ``[N, C, H, W]`` (an array, or an :class:`~vqkit.data.imageset.ImageSet` read a batch
+    at a time) -> the model's codes, int64, on ``device``."""
     model = model.to(device).eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = to_float(torch.from_numpy(images[i : i + batch_size]).to(device))
-        out.append(model.encode(x))
-    return torch.cat(out)
+    found = images if isinstance(images, ImageSet) else HeldImages(images, "images")
+    return torch.cat(
+        [model.encode(to_float(torch.from_numpy(x).to(device))) for x in found.batches(batch_size)]
+    )
 
 
 def train_prior(
@@ -180,12 +181,13 @@ class PriorTrainer:
         self._header()
 
     def _codes(self, model: Any) -> None:
-        from vqkit.data import load_images
+        """Both splits' codes, the images read a batch at a time (a folder or shards never sits in memory)."""
+        from vqkit.data.imageset import open_images
 
         cfg, spec = self.cfg, model.spec
         kw = dict(channels=spec.channels, image_size=spec.image_size)
-        train_images = load_images(cfg.data, split="train", **kw)
-        test_images = load_images(cfg.data, split="test", **kw)
+        train_images = open_images(cfg.data, split="train", **kw)
+        test_images = open_images(cfg.data, split="test", **kw)
         if len(train_images) == 0 or len(test_images) == 0:
             raise OptionError(f"data {cfg.data!r} has an empty train or test split", param="data")
         self.train_codes = encode_images(model, train_images, self.device)

@@ -85,7 +85,9 @@ class TrainConfig:
     )
     resume: bool = _f(False, "Continue the run of --model exactly where its last checkpoint stopped.")
     data: str = _f(
-        "mnist5k", "mnist5k, a folder of images, or a torchvision dataset name (mnist, cifar10, ...)."
+        "mnist5k",
+        "mnist5k, a folder of images, tar shards (a .tar, a brace or glob pattern, a folder of shards), or a "
+        "torchvision dataset name (mnist, cifar10, ...).",
     )
     data_root: str | None = _f(
         None, "Where torchvision datasets live [default: ~/.cache/vqkit or $VQKIT_DATA]."

@@ -29,8 +29,8 @@ from vqkit.errors import VQKitError
 from vqkit.evaluate import evaluate, reconstruct
 from vqkit.images import write_grid
 from vqkit.metrics_sinks import METRICS_CSV, TENSORBOARD_DIR, require_tensorboard
-from vqkit.model import VQVAE
-from vqkit.objectives import build_loss, decoder_last_layer
+from vqkit.model import VQVAE, resolve_names
+from vqkit.objectives import build_loss, check_loss, decoder_last_layer
 from vqkit.pixels import psnr, to_uint8
 from vqkit.training.checkpoint import MODEL_NAME, STATE_NAME, restore_rng, save_checkpoint
 from vqkit.training.config import TrainConfig
@@ -106,6 +106,10 @@ class VQVAETrainer:
         if config.tensorboard:
             require_tensorboard()  # before anything slow: a missing package is one line at once
         model, state = model_and_state(config)
+        # Every name and option is checked before the data are read: a typo costs milliseconds, not a decode.
+        check_loss(config.loss, config.loss_options)
+        if model is None:
+            resolve_names(**config.model)
         self.state = state
         self.start = int(state["step"]) if state else 0
         self.channels_last = use_channels_last(config.channels_last, device)
