@@ -11,9 +11,9 @@ import numpy as np
 MIN_CODE_SHARE = 0.02
 MIN_SPREAD_RATIO = 0.1
 ADVICE = (
-    "a Tanh decoder head (the original preset, decoder output=tanh) can saturate and die early: the default "
-    "clamp head cannot; keep a codebook quantizer's k-means init and dead-code restarts (its defaults), or "
-    "try a longer warm-up (warmup_steps), a lower lr, or more steps"
+    "train longer (steps), or try a longer warm-up (warmup_steps) or a lower lr; keep a codebook quantizer's "
+    "k-means init and dead-code restarts (its defaults); a Tanh decoder head (the original preset, decoder "
+    "output=tanh) can saturate and die early, the default clamp head cannot"
 )
 
 
