@@ -54,3 +54,17 @@ def test_compile_does_not_recompile_as_the_steps_go_by(
     # Everything compiles during the first step (k-means init, one graph per segment around the eager
     # codebook upkeep); the 49 steps after it, dead-code checks and restarts included, reuse those graphs.
     assert compiled_at and all(step == 0 for step in compiled_at), compiled_at
+
+
+def test_loading_the_plugins_leaves_dynamo_unimported() -> None:
+    """Importing Dynamo costs over a second; a command that never compiles (or stops at a misspelt name) must
+    not pay for it just by loading the built-in components."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, vqkit; vqkit.load_plugins(); vqkit.build_model(quantizer='rvq');"
+        "print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

@@ -12,6 +12,8 @@ through :mod:`vqkit.distributed`: sums are all-reduced, random choices are made 
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -140,6 +142,20 @@ def check_estimator(estimator: str) -> str:
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
     return estimator
+
+
+def eager_under_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` run eagerly (a graph break) when a ``torch.compile``'d model reaches it, and plainly otherwise.
+    ``torch.compiler.disable`` as a decorator would import Dynamo (over a second) with every plugin load, for
+    every command; this wrapper defers that to the first compiled call."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(fn)(*args, **kwargs)
+        return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class CodebookUpkeep(nn.Module):
@@ -370,7 +386,7 @@ class Codebook(FlatQuantizer):
     # Eager even inside a torch.compile'd model: its decisions are host-side (the step mirror, a device
     # sync when dead codes are found), and traced they would make Dynamo guard on the step number and
     # recompile the model at every step. One graph break per codebook per step is the price.
-    @torch.compiler.disable
+    @eager_under_compile
     @torch.no_grad()
     def _keep_healthy(self, flat: torch.Tensor) -> None:
         """k-means on the first batch, then re-seed dead codes from this batch (before the search, so they
