@@ -45,6 +45,11 @@ def code_counts(indices: torch.Tensor, codebook_size: int) -> torch.Tensor:
     return counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float32))
 
 
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy (nats) of the distributions along the last dimension of ``p``; zero probabilities add 0."""
+    return -(p * torch.log(p.clamp_min(1e-10))).sum(-1)
+
+
 # Above this many codes a [K] histogram would take more memory than the codes it describes (lfq with many bits):
 # count the codes that occur instead (torch.unique, a device sync).
 HISTOGRAM_MAX_CODES = 2**24
@@ -57,8 +62,10 @@ def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Ten
     else:
         counts = code_counts(indices, codebook_size)
     probs = counts / counts.sum().clamp_min(1)
-    entropy = -(probs * torch.log(probs.clamp_min(1e-10))).sum()
-    return {"perplexity": torch.exp(entropy).detach(), "codes_used": (counts > 0).sum().float().detach()}
+    return {
+        "perplexity": torch.exp(entropy(probs)).detach(),
+        "codes_used": (counts > 0).sum().float().detach(),
+    }
 
 
 def mean_stats(stats: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:

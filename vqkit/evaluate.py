@@ -166,6 +166,28 @@ def _evaluate_batches(
     }
 
 
+def _source_for_model(
+    spec: Any,
+    data: str,
+    split: str,
+    data_root: str | os.PathLike[str] | None,
+    download: bool,
+    skip_bad: bool,
+) -> Any:
+    """``split`` of the data source ``data``, read at the channels and size of a model's ``spec``."""
+    from vqkit.data.imageset import open_images
+
+    return open_images(
+        data,
+        split=split,
+        channels=spec.channels,
+        image_size=spec.image_size,
+        download=download,
+        skip_bad=skip_bad,
+        data_root=data_root,
+    )
+
+
 def evaluate_source(
     model_path: str | os.PathLike[str],
     data: str,
@@ -180,7 +202,6 @@ def evaluate_source(
 ) -> dict[str, Any]:
     """``vqkit eval``: load a model file and a data source (converted to the model's channels and size),
     and return :func:`evaluate`'s report with the model, data and split named in it."""
-    from vqkit.data.imageset import open_images
     from vqkit.device import resolve_device
     from vqkit.modelfile import load, read_spec
 
@@ -188,15 +209,7 @@ def evaluate_source(
     checks.integer(batch_size, "batch_size", minimum=1, maximum=MAX_BATCH)
     spec, _ = read_spec(model_path)
     dev = resolve_device(device)
-    found = open_images(
-        data,
-        split=split,
-        channels=spec.channels,
-        image_size=spec.image_size,
-        download=download,
-        skip_bad=skip_bad,
-        data_root=data_root,
-    )
+    found = _source_for_model(spec, data, split, data_root, download, skip_bad)
     model = load(model_path, device=dev)
     report = _evaluate_batches(model, found.batches(batch_size, limit), batch_size, "auto")
     return {"model": str(model_path), "data": data, "split": split, **report}
@@ -249,22 +262,12 @@ def reconstruct_source(
 ) -> dict[str, Any]:
     """``vqkit reconstruct --data``: :func:`reconstruct_files` over the first ``limit`` images of ``split`` of
     a data source (any form ``vqkit eval --data`` takes; only those images are read)."""
-    from vqkit.data.imageset import open_images
     from vqkit.device import resolve_device
     from vqkit.modelfile import load, read_spec
 
     limit = checks.integer(limit, "limit", minimum=1, maximum=MAX_BATCH)
     spec, _ = read_spec(model_path)
-    found = open_images(
-        data,
-        split=split,
-        channels=spec.channels,
-        image_size=spec.image_size,
-        download=download,
-        skip_bad=skip_bad,
-        data_root=data_root,
-    )
-    images = found.read(limit)
+    images = _source_for_model(spec, data, split, data_root, download, skip_bad).read(limit)
     model = load(model_path, device=resolve_device(device))
     return _reconstruction_grid(model, images, output, per_row, scale)
 

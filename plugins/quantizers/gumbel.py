@@ -6,20 +6,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit.codebook import FlatQuantizer, code_stats
+from vqkit.codebook import FlatQuantizer, code_stats, entropy
 from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
-
-
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * torch.log(p.clamp_min(1e-10))).sum(-1)
 
 
 def _spread_loss(q: torch.Tensor, k: int) -> torch.Tensor:
     """(mean per-latent entropy - entropy of the batch's mean distribution) / log K, in [-1, 1]: low when
     each latent is confident of one code and the batch spreads over all K of them (the entropy terms of
     lookup-free quantization, applied to the code probabilities)."""
-    return (_entropy(q).mean() - _entropy(q.mean(0))) / math.log(k)
+    return (entropy(q).mean() - entropy(q.mean(0))) / math.log(k)
 
 
 @quantizers.register("gumbel")

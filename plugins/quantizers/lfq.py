@@ -5,17 +5,13 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vqkit.codebook import FlatQuantizer, code_stats
+from vqkit.codebook import FlatQuantizer, code_stats, entropy
 from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
 
 # Up to this many codes the entropy terms use the exact distribution over codes ([N, K] probabilities);
 # above it, a per-bit factorisation (exact per-sample entropy, an upper bound for the codebook entropy).
 EXACT_ENTROPY_MAX_CODES = 4096
-
-
-def _entropy(p: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    return -(p * torch.log(p.clamp_min(1e-10))).sum(dim)
 
 
 @quantizers.register("lfq")
@@ -75,14 +71,14 @@ class LFQ(FlatQuantizer):
                 (torch.arange(self.codebook_size, device=flat.device).unsqueeze(1) // self._basis) % 2
             ) * 2 - 1
             probs = torch.softmax(2 * flat @ signs.float().t() / self.temperature, dim=-1)
-            per_latent = _entropy(probs).mean()
-            codebook = _entropy(probs.mean(0))
+            per_latent = entropy(probs).mean()
+            codebook = entropy(probs.mean(0))
         else:
             # Per bit: p(bit=1) = sigmoid(4 z / T), from (z+1)^2 - (z-1)^2 = 4z.
             p1 = torch.sigmoid(4 * flat / self.temperature)
             bits = torch.stack([p1, 1 - p1], dim=-1)
-            per_latent = _entropy(bits).sum(-1).mean()
-            codebook = _entropy(bits.mean(0)).sum()
+            per_latent = entropy(bits).sum(-1).mean()
+            codebook = entropy(bits.mean(0)).sum()
         return per_latent - self.diversity * codebook
 
     def forward_flat(self, rows: torch.Tensor) -> Quantized:
