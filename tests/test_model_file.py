@@ -449,6 +449,23 @@ def test_a_conv3_file_saved_before_the_clamp_output_keeps_its_tanh(tmp_path: Pat
         assert not torch.equal(clamped(x).reconstruction, model(x).reconstruction)
 
 
+def test_an_fsq_file_saved_before_the_spread_term_trains_on_without_it(tmp_path: Path) -> None:
+    """fsq models saved before ``entropy_weight`` had no training loss: fine-tuning one keeps it so."""
+    model = vqkit.build_model(quantizer="fsq", channels=1, image_size=16, seed=0)
+    assert model.resolved_options["quantizer"]["entropy_weight"] == 0.05
+    path = vqkit.save(model, tmp_path / "m.safetensors")
+
+    def before_the_option(data: dict) -> None:
+        data["quantizer_options"].pop("entropy_weight", None)
+        data["resolved_options"]["quantizer"].pop("entropy_weight")
+
+    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_option))
+    assert loaded.resolved_options["quantizer"]["entropy_weight"] == 0.0
+    loaded.train()
+    assert float(loaded(torch.rand(2, 1, 16, 16) * 2 - 1).quantized.loss) == 0.0
+    assert float(model.train()(torch.rand(2, 1, 16, 16) * 2 - 1).quantized.loss.detach()) > 0.0
+
+
 def test_a_gumbel_file_saved_before_cosine_logits_keeps_its_linear_logits(tmp_path: Path) -> None:
     """Gumbel models saved before the ``logits`` and ``diversity`` options scored codes by a biased linear
     projection: they load as such (the file's weights include the bias), with the codes they gave."""

@@ -262,6 +262,41 @@ def test_fsq_under_bf16_autocast_keeps_every_code() -> None:
     assert naive.unique().numel() < 1000
 
 
+def test_fsq_spread_term_is_the_entropy_of_the_mean_code_distribution() -> None:
+    """The training loss is 1 - H(mean soft code distribution) / log K, checked against a brute-force sum
+    over every code; one code for every latent scores far above the whole grid (near 0); inference adds none."""
+    import itertools
+
+    q = Q("fsq", None, None, levels=(4, 3, 2), entropy_weight=1.0)
+    q.train()
+    z = torch.randn(200, 3, generator=torch.Generator().manual_seed(1))
+    b = q._bounded(z)
+    probs = [
+        torch.softmax(-((b[:, c : c + 1] - (torch.arange(n) - n // 2)) ** 2) / 0.5, 1)
+        for c, n in enumerate(q.levels)
+    ]
+    mean = torch.stack(
+        [
+            (probs[0][:, i] * probs[1][:, j] * probs[2][:, k]).mean()
+            for i, j, k in itertools.product(*map(range, q.levels))
+        ]
+    )
+    brute = 1 + (mean * mean.log()).sum() / math.log(24)
+    loss = q(z.t().reshape(1, 3, 1, 200)).loss
+    torch.testing.assert_close(loss, brute, rtol=1e-5, atol=1e-6)
+    grid = _fsq_preimages(q)
+    assert float(q(grid.t().reshape(1, 3, 1, -1)).loss) < 0.05
+    assert float(q(grid[:1].repeat(24, 1).t().reshape(1, 3, 1, -1)).loss) > 0.5
+    # The loss moves latents: its gradient is not zero, and above 4,096 codes the per-channel form is used.
+    z.requires_grad_(True)
+    q(z.t().reshape(1, 3, 1, 200)).loss.backward()
+    assert z.grad.abs().sum() > 0
+    big = Q("fsq", None, None, levels=(8, 8, 8, 8, 5), entropy_weight=1.0).train()
+    assert 0 <= float(big(torch.randn(1, 5, 4, 4)).loss) < 1
+    q.eval()
+    assert float(q(z.detach().t().reshape(1, 3, 1, 200)).loss) == 0.0
+
+
 # --- lfq --------------------------------------------------------------------------------------------------
 def test_lfq_codes_are_the_sign_bits() -> None:
     q = Q("lfq", 3, None)
