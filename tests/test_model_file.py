@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 
 import pytest
@@ -464,6 +465,26 @@ def test_an_fsq_file_saved_before_the_spread_term_trains_on_without_it(tmp_path:
     loaded.train()
     assert float(loaded(torch.rand(2, 1, 16, 16) * 2 - 1).quantized.loss) == 0.0
     assert float(model.train()(torch.rand(2, 1, 16, 16) * 2 - 1).quantized.loss.detach()) > 0.0
+
+
+def test_an_lfq_file_saved_before_entropy_units_keeps_its_entropy_in_nats(tmp_path: Path) -> None:
+    model = vqkit.build_model(quantizer="lfq", channels=1, image_size=16, latent_dim=5, seed=0)
+    assert model.resolved_options["quantizer"]["entropy_units"] == "fraction"
+    path = vqkit.save(model, tmp_path / "m.safetensors")
+
+    def before_the_option(data: dict) -> None:
+        data["quantizer_options"].pop("entropy_units", None)
+        data["resolved_options"]["quantizer"].pop("entropy_units")
+
+    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_option))
+    assert loaded.resolved_options["quantizer"]["entropy_units"] == "nats"
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        # Same commitment, entropy terms log(32) = 5 log 2 times larger in nats.
+        a, b = (m.train()(x).quantized.loss for m in (model, loaded))
+        z = model.encoder(x).permute(0, 2, 3, 1).reshape(-1, 5)
+        commitment = 0.05 * torch.nn.functional.mse_loss(z, torch.where(z > 0, 1.0, -1.0))
+        torch.testing.assert_close(b - commitment, (a - commitment) * 5 * math.log(2))
 
 
 def test_a_gumbel_file_saved_before_cosine_logits_keeps_its_linear_logits(tmp_path: Path) -> None:

@@ -320,7 +320,13 @@ def test_lfq_entropy_loss_rewards_a_spread_codebook() -> None:
     corners = torch.tensor([[(i >> b) & 1 for b in range(3)] for i in range(8)]).float() * 2 - 1
     spread = corners.repeat(4, 1).t().reshape(1, 3, 4, 8)
     collapsed = corners[:1].repeat(32, 1).t().reshape(1, 3, 4, 8)
-    assert float(q(spread).loss) < float(q(collapsed).loss) - 1.0
+    # As fractions of log K: -1 for a confident batch on every code, 0 for one code; in nats, log 8 apart.
+    torch.testing.assert_close(q(spread).loss, torch.tensor(-1.0), atol=1e-3, rtol=0)
+    torch.testing.assert_close(q(collapsed).loss, torch.tensor(0.0), atol=1e-3, rtol=0)
+    nats = Q("lfq", 3, None, commitment=0.0, entropy_weight=1.0, temperature=0.1, entropy_units="nats")
+    torch.testing.assert_close(nats(spread).loss, torch.tensor(-math.log(8)), atol=1e-3, rtol=0)
+    with pytest.raises(ValueError, match="entropy_units"):
+        Q("lfq", 3, None, entropy_units="bits")
     # The per-bit factorisation agrees exactly on per-latent entropy; at a spread batch also on the total.
     from vqkit.plugins.quantizers import lfq as lfq_module
 

@@ -20,13 +20,21 @@ class LFQ(FlatQuantizer):
     so ``codebook_size = 2**dim`` and a code is the integer those bits spell (channel i is bit i).
 
     Loss: ``commitment`` x ||z - sign(z)||^2 + ``entropy_weight`` x (mean per-latent entropy - ``diversity``
-    x entropy of the batch's mean code distribution), with code probabilities softmax(-||z - c||^2 /
+    x entropy of the batch's mean code distribution) / log K, with code probabilities softmax(-||z - c||^2 /
     ``temperature``): confident per latent, spread over the codebook in the batch. Default 9 bits = 512 codes.
+
+    The entropy terms are fractions of their maximum, log K (``entropy_units="fraction"``), so a weight means
+    the same at every number of bits; MAGVIT-v2 weighs them in nats (``"nats"``, what files saved before this
+    option train on with). In nats at 9 bits (6.2 nats at most) the weight of 0.1 outweighed reconstruction on
+    photo patches: held-out PSNR 21.8 (600 steps), 21.2 (300) and 22.1 dB (constant lr); as fractions 22.8,
+    21.8 and 23.2 dB, with 45-85% of the codes in use instead of 70-94%.
 
     The commitment weight is 0.05, not MAGVIT-v2's 0.25: it pulls every latent onto +-1, where the entropy
     terms' gradient (at temperature 0.1) is nil, so a bit that every latent of a short run set the same way
     stayed so (5 bits on digits: 8 of 32 codes in use at 0.25, 24 at 0.05; 9 bits: 18.2 -> 18.6 dB).
     """
+
+    legacy_options = {"entropy_units": "nats"}
 
     def __init__(
         self,
@@ -36,6 +44,7 @@ class LFQ(FlatQuantizer):
         entropy_weight: float = 0.1,
         diversity: float = 1.0,
         temperature: float = 0.1,
+        entropy_units: str = "fraction",
     ) -> None:
         super().__init__()
         if codebook_size is not None:
@@ -59,6 +68,9 @@ class LFQ(FlatQuantizer):
         self.entropy_weight = float(entropy_weight)
         self.diversity = float(diversity)
         self.temperature = float(temperature)
+        if entropy_units not in ("fraction", "nats"):
+            raise ValueError(f"entropy_units must be 'fraction' or 'nats', got {entropy_units!r}")
+        self.entropy_units = entropy_units
         self.register_buffer("_basis", 2 ** torch.arange(self.dim, dtype=torch.int64), persistent=False)
 
     def _indices(self, flat: torch.Tensor) -> torch.Tensor:
@@ -79,7 +91,8 @@ class LFQ(FlatQuantizer):
             bits = torch.stack([p1, 1 - p1], dim=-1)
             per_latent = entropy(bits).sum(-1).mean()
             codebook = entropy(bits.mean(0)).sum()
-        return per_latent - self.diversity * codebook
+        loss = per_latent - self.diversity * codebook
+        return loss / (self.dim * math.log(2)) if self.entropy_units == "fraction" else loss
 
     def forward_flat(self, rows: torch.Tensor) -> Quantized:
         with torch.autocast(device_type=rows.device.type, enabled=False):
