@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit.codebook import FlatQuantizer, code_stats, entropy
+from vqkit.codebook import CodebookUpkeep, FlatQuantizer, code_stats, eager_under_compile, entropy, kmeans
 from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
 
@@ -34,10 +34,17 @@ class Gumbel(FlatQuantizer):
     steps; ``kl_weight`` x KL(q || uniform) and ``diversity`` x (mean per-latent entropy - entropy of the
     batch's mean code distribution) / log K keep the codes in use. ``hard=true`` uses the straight-through
     (one-hot forward) sample in training too.
+
+    Its codes are kept in use as vq's are: ``init="kmeans"`` fits k-means to the first training batch's
+    latents and starts each code there (its projection row the centre's direction, its embedding the
+    centre), and a code no latent's argmax picked for ``restart_after`` steps starts again at a latent of
+    the batch. Without them the spread term had to do that work, and its weight cost reconstruction: on
+    photo patches at a constant lr, 22.4 dB with 44% of codes (diversity 0.3, no upkeep) against 24.1 dB with
+    94% (upkeep, diversity 0.03).
     """
 
     # Options added after models were first saved, with the values that rebuild such an older model as it was.
-    legacy_options = {"diversity": 0.0, "logits": "linear"}
+    legacy_options = {"diversity": 0.0, "logits": "linear", "init": "random", "restart_after": 0}
 
     def __init__(
         self,
@@ -48,9 +55,11 @@ class Gumbel(FlatQuantizer):
         anneal_steps: int = 2000,
         kl_weight: float = 5e-4,
         hard: bool = False,
-        diversity: float = 0.3,
+        diversity: float = 0.03,
         logits: str = "cosine",
         scale: float = 40.0,
+        init: str = "kmeans",
+        restart_after: int = 10,
     ) -> None:
         super().__init__()
         self.dim = int(dim or 64)
@@ -74,6 +83,50 @@ class Gumbel(FlatQuantizer):
         self.proj = nn.Linear(self.dim, self.codebook_size, bias=logits == "linear")
         self.embedding = nn.Embedding(self.codebook_size, self.dim)
         self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+        if init not in ("kmeans", "random"):
+            raise ValueError(f"init must be 'kmeans' or 'random', got {init!r}")
+        self.init = init
+        # Only with upkeep does the model hold its state (files saved without it have none to load).
+        self.upkeep = (
+            CodebookUpkeep(self.codebook_size, init == "kmeans", restart_after)
+            if init == "kmeans" or restart_after
+            else None
+        )
+
+    @torch.no_grad()
+    def _start_codes(self, mask: torch.Tensor | None, latents: torch.Tensor) -> None:
+        """Codes (all where ``mask`` is None) start at ``latents``: projection row its direction (what
+        cosine logits score), embedding the latent itself (what the decoder gets)."""
+        for weight, rows in (
+            (self.proj.weight, F.normalize(latents, dim=-1)),
+            (self.embedding.weight, latents),
+        ):
+            if mask is None:
+                weight.data.copy_(rows.to(weight.dtype))
+            else:
+                weight.data[mask] = rows.to(weight.dtype)
+
+    # Eager even inside a compiled model, as the codebook upkeep of vq is (host-side decisions).
+    @eager_under_compile
+    @torch.no_grad()
+    def _keep_healthy(self, rows: torch.Tensor) -> None:
+        up = self.upkeep
+        assert up is not None
+        try:
+            if up.needs_init():
+                self._start_codes(None, kmeans(rows, self.codebook_size, up.kmeans_iters))
+                up.mark_initialised()
+            if not up.restart_check_due():
+                return
+            dead = up.dead_codes()
+            if bool(dead.any()):  # a device sync, only every check_every steps
+                rows = rows.float()
+                best = (F.normalize(rows, dim=-1) @ F.normalize(self.proj.weight.float(), dim=-1).t()).amax(
+                    -1
+                )
+                self._start_codes(dead, up.replacements(rows, dead, 1 - best))
+        finally:
+            up.advance_host()
 
     def _tau(self) -> torch.Tensor:
         """The temperature of the current training step (exponential schedule), as a tensor computed from the
@@ -93,8 +146,13 @@ class Gumbel(FlatQuantizer):
             return self.proj(rows.float())
 
     def forward_flat(self, rows: torch.Tensor) -> Quantized:
+        upkeep = self.upkeep if self.training else None
+        if upkeep is not None:
+            self._keep_healthy(rows.detach())
         logits = self._logits(rows)
         indices = logits.detach().argmax(-1)
+        if upkeep is not None:
+            upkeep.record(indices)
         if self.training:
             with torch.autocast(device_type=rows.device.type, enabled=False):
                 tau = self._tau()
