@@ -467,17 +467,29 @@ def test_an_fsq_file_saved_before_the_spread_term_trains_on_without_it(tmp_path:
     assert float(model.train()(torch.rand(2, 1, 16, 16) * 2 - 1).quantized.loss.detach()) > 0.0
 
 
-def test_an_lfq_file_saved_before_entropy_units_keeps_its_entropy_in_nats(tmp_path: Path) -> None:
-    model = vqkit.build_model(quantizer="lfq", channels=1, image_size=16, latent_dim=5, seed=0)
-    assert model.resolved_options["quantizer"]["entropy_units"] == "fraction"
+def test_an_lfq_file_saved_before_entropy_units_keeps_its_loss(tmp_path: Path) -> None:
+    """lfq models saved before ``entropy_units`` and ``spherical`` weighed their entropy terms in nats on the
+    raw latents: fine-tuning one keeps that loss."""
+    today = vqkit.build_model(quantizer="lfq", channels=1, image_size=16, latent_dim=5).resolved_options
+    assert today["quantizer"]["entropy_units"] == "fraction" and today["quantizer"]["spherical"] is True
+    model = vqkit.build_model(
+        quantizer="lfq",
+        channels=1,
+        image_size=16,
+        latent_dim=5,
+        quantizer_options={"spherical": False},
+        seed=0,
+    )
     path = vqkit.save(model, tmp_path / "m.safetensors")
 
     def before_the_option(data: dict) -> None:
-        data["quantizer_options"].pop("entropy_units", None)
-        data["resolved_options"]["quantizer"].pop("entropy_units")
+        for key in ("entropy_units", "spherical"):
+            data["quantizer_options"].pop(key, None)
+            data["resolved_options"]["quantizer"].pop(key)
 
     loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_option))
     assert loaded.resolved_options["quantizer"]["entropy_units"] == "nats"
+    assert loaded.quantizer.spherical is False
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
         # Same commitment, entropy terms log(32) = 5 log 2 times larger in nats.
@@ -485,6 +497,32 @@ def test_an_lfq_file_saved_before_entropy_units_keeps_its_entropy_in_nats(tmp_pa
         z = model.encoder(x).permute(0, 2, 3, 1).reshape(-1, 5)
         commitment = 0.05 * torch.nn.functional.mse_loss(z, torch.where(z > 0, 1.0, -1.0))
         torch.testing.assert_close(b - commitment, (a - commitment) * 5 * math.log(2))
+
+
+def test_a_gumbel_file_saved_before_its_codebook_upkeep_loads_without_it(tmp_path: Path) -> None:
+    """Gumbel models saved before ``init``/``restart_after`` had no upkeep state: they load (no tensors
+    missing) and give the codes they gave."""
+    old = vqkit.build_model(
+        quantizer="gumbel",
+        channels=1,
+        image_size=16,
+        latent_dim=8,
+        codebook_size=32,
+        quantizer_options={"init": "random", "restart_after": 0},
+        seed=0,
+    ).eval()
+    path = vqkit.save(old, tmp_path / "m.safetensors")
+
+    def before_the_options(data: dict) -> None:
+        for key in ("init", "restart_after"):
+            data["quantizer_options"].pop(key, None)
+            data["resolved_options"]["quantizer"].pop(key)
+
+    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_options))
+    assert loaded.quantizer.upkeep is None and loaded.resolved_options["quantizer"]["init"] == "random"
+    x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    assert torch.equal(loaded.encode(x), old.encode(x))
+    assert vqkit.build_model(quantizer="gumbel", channels=1, image_size=16).quantizer.upkeep is not None
 
 
 def test_a_gumbel_file_saved_before_cosine_logits_keeps_its_linear_logits(tmp_path: Path) -> None:

@@ -315,6 +315,17 @@ def test_lfq_sizes() -> None:
         Q("lfq", 4, 32)
 
 
+def test_lfq_spherical_changes_the_training_loss_not_the_codes() -> None:
+    """On the sphere the loss does not depend on the latents' length (a latent grown 10x away from the
+    codes is as near them as before); the codes are the signs either way."""
+    sphere, raw = Q("lfq", 6, None), Q("lfq", 6, None, spherical=False)
+    z = torch.randn(4, 6, 3, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(sphere.quantize(z), raw.quantize(z))
+    assert torch.equal(sphere.train()(z).indices, raw.quantize(z))
+    torch.testing.assert_close(sphere(z * 10).loss, sphere(z).loss)
+    assert float(raw.train()(z * 10).loss) > 10 * float(raw(z).loss)
+
+
 def test_lfq_entropy_loss_rewards_a_spread_codebook() -> None:
     q = Q("lfq", 3, None, commitment=0.0, entropy_weight=1.0, temperature=0.1)
     corners = torch.tensor([[(i >> b) & 1 for b in range(3)] for i in range(8)]).float() * 2 - 1
@@ -408,6 +419,33 @@ def test_gumbel_temperature_anneals_and_inference_is_hard() -> None:
     out = q(z)
     rows = q.embedding.weight[out.indices.reshape(-1)]
     torch.testing.assert_close(out.z_q.permute(0, 2, 3, 1).reshape(-1, 4), rows)
+
+
+def test_gumbel_codes_start_on_the_first_batch_and_unused_ones_restart() -> None:
+    """k-means init: after the first training batch every one of 8 separated clusters has its own code, as
+    the argmax of inference picks it. A code no latent picks for ``restart_after`` steps starts again at a
+    latent of the batch (its projection row and embedding both move)."""
+    centres = torch.eye(8) * 4 + 1
+    z = blobs(centres, per=20)
+    q = Q("gumbel", 8, 8, restart_after=4).train()
+    q.forward_flat(z)
+    picked = q.eval().quantize_flat(z).reshape(8, 20)
+    assert all(len(set(row.tolist())) == 1 for row in picked) and len(set(picked[:, 0].tolist())) == 8
+    torch.testing.assert_close(q.embedding.weight[picked[:, 0]], centres, atol=0.05, rtol=0)
+    # Only four of the clusters come any more: the other four codes go unused and restart onto them.
+    q.train()
+    before = q.proj.weight.detach().clone()
+    for _ in range(8):
+        q.forward_flat(z[:80])
+    moved = (q.proj.weight.detach() - before).norm(dim=1) > 0.1
+    assert int(q.upkeep.restarts) >= 4 and set(torch.nonzero(moved).flatten().tolist()) == set(
+        picked[4:, 0].tolist()
+    )
+    # Without upkeep (the options older files load with) nothing of this exists.
+    plain = Q("gumbel", 8, 8, init="random", restart_after=0)
+    assert plain.upkeep is None and not any("upkeep" in k for k in plain.state_dict())
+    with pytest.raises(ValueError, match="init must be"):
+        Q("gumbel", 8, 8, init="uniform")
 
 
 def test_code_stats_of_a_huge_codebook_do_not_allocate_a_histogram() -> None:
