@@ -450,17 +450,24 @@ def test_a_conv3_file_saved_before_the_clamp_output_keeps_its_tanh(tmp_path: Pat
         assert not torch.equal(clamped(x).reconstruction, model(x).reconstruction)
 
 
-def test_an_fsq_file_saved_before_the_spread_term_trains_on_without_it(tmp_path: Path) -> None:
-    """fsq models saved before ``entropy_weight`` had no training loss: fine-tuning one keeps it so."""
-    model = vqkit.build_model(quantizer="fsq", channels=1, image_size=16, seed=0)
-    assert model.resolved_options["quantizer"]["entropy_weight"] == 0.05
+def _saved_before(tmp_path: Path, options: tuple[str, ...], **build) -> tuple[vqkit.VQVAE, vqkit.VQVAE]:
+    """A model built with ``build`` (1 channel, 16x16), and the same file as it would have been saved before
+    the quantizer had ``options`` (its stored spec lacks them), loaded."""
+    model = vqkit.build_model(channels=1, image_size=16, seed=0, **build).eval()
     path = vqkit.save(model, tmp_path / "m.safetensors")
 
-    def before_the_option(data: dict) -> None:
-        data["quantizer_options"].pop("entropy_weight", None)
-        data["resolved_options"]["quantizer"].pop("entropy_weight")
+    def before_the_options(data: dict) -> None:
+        for key in options:
+            data["quantizer_options"].pop(key, None)
+            data["resolved_options"]["quantizer"].pop(key, None)
 
-    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_option))
+    return model, vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_options))
+
+
+def test_an_fsq_file_saved_before_the_spread_term_trains_on_without_it(tmp_path: Path) -> None:
+    """fsq models saved before ``entropy_weight`` had no training loss: fine-tuning one keeps it so."""
+    model, loaded = _saved_before(tmp_path, ("entropy_weight",), quantizer="fsq")
+    assert model.resolved_options["quantizer"]["entropy_weight"] == 0.05
     assert loaded.resolved_options["quantizer"]["entropy_weight"] == 0.0
     loaded.train()
     assert float(loaded(torch.rand(2, 1, 16, 16) * 2 - 1).quantized.loss) == 0.0
@@ -472,22 +479,13 @@ def test_an_lfq_file_saved_before_entropy_units_keeps_its_loss(tmp_path: Path) -
     raw latents: fine-tuning one keeps that loss."""
     today = vqkit.build_model(quantizer="lfq", channels=1, image_size=16, latent_dim=5).resolved_options
     assert today["quantizer"]["entropy_units"] == "fraction" and today["quantizer"]["spherical"] is True
-    model = vqkit.build_model(
+    model, loaded = _saved_before(
+        tmp_path,
+        ("entropy_units", "spherical"),
         quantizer="lfq",
-        channels=1,
-        image_size=16,
         latent_dim=5,
         quantizer_options={"spherical": False},
-        seed=0,
     )
-    path = vqkit.save(model, tmp_path / "m.safetensors")
-
-    def before_the_option(data: dict) -> None:
-        for key in ("entropy_units", "spherical"):
-            data["quantizer_options"].pop(key, None)
-            data["resolved_options"]["quantizer"].pop(key)
-
-    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_option))
     assert loaded.resolved_options["quantizer"]["entropy_units"] == "nats"
     assert loaded.quantizer.spherical is False
     x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
@@ -502,23 +500,14 @@ def test_an_lfq_file_saved_before_entropy_units_keeps_its_loss(tmp_path: Path) -
 def test_a_gumbel_file_saved_before_its_codebook_upkeep_loads_without_it(tmp_path: Path) -> None:
     """Gumbel models saved before ``init``/``restart_after`` had no upkeep state: they load (no tensors
     missing) and give the codes they gave."""
-    old = vqkit.build_model(
+    old, loaded = _saved_before(
+        tmp_path,
+        ("init", "restart_after"),
         quantizer="gumbel",
-        channels=1,
-        image_size=16,
         latent_dim=8,
         codebook_size=32,
         quantizer_options={"init": "random", "restart_after": 0},
-        seed=0,
-    ).eval()
-    path = vqkit.save(old, tmp_path / "m.safetensors")
-
-    def before_the_options(data: dict) -> None:
-        for key in ("init", "restart_after"):
-            data["quantizer_options"].pop(key, None)
-            data["resolved_options"]["quantizer"].pop(key)
-
-    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_options))
+    )
     assert loaded.quantizer.upkeep is None and loaded.resolved_options["quantizer"]["init"] == "random"
     x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
     assert torch.equal(loaded.encode(x), old.encode(x))
@@ -528,23 +517,14 @@ def test_a_gumbel_file_saved_before_its_codebook_upkeep_loads_without_it(tmp_pat
 def test_a_gumbel_file_saved_before_cosine_logits_keeps_its_linear_logits(tmp_path: Path) -> None:
     """Gumbel models saved before the ``logits`` and ``diversity`` options scored codes by a biased linear
     projection: they load as such (the file's weights include the bias), with the codes they gave."""
-    old = vqkit.build_model(
+    old, loaded = _saved_before(
+        tmp_path,
+        ("logits", "diversity", "scale"),
         quantizer="gumbel",
-        channels=1,
-        image_size=16,
         latent_dim=8,
         codebook_size=32,
         quantizer_options={"logits": "linear", "diversity": 0.0},
-        seed=0,
-    ).eval()
-    path = vqkit.save(old, tmp_path / "m.safetensors")
-
-    def before_the_options(data: dict) -> None:
-        for key in ("logits", "diversity", "scale"):
-            data["quantizer_options"].pop(key, None)
-            data["resolved_options"]["quantizer"].pop(key, None)
-
-    loaded = vqkit.load(_rewrite_spec(path, tmp_path / "old.safetensors", before_the_options))
+    )
     assert loaded.resolved_options["quantizer"]["logits"] == "linear"
     x = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(3)) * 2 - 1
     assert torch.equal(loaded.encode(x), old.encode(x))
