@@ -92,6 +92,8 @@ def run_row(row: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     recipe = {**RECIPES[row["recipe"]]}
     budget = {"steps": row["steps"], "batch_size": row["batch"], **recipe}
+    if row.get("lr") is not None:  # --lr: every row of this run at that lr
+        budget["lr"] = row["lr"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = str(photo32.write_folder(Path(tmp) / "photo32")) if row["data"] == "photo32" else None
         config = TrainConfig(
@@ -126,6 +128,7 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "steps": args.steps,
                 "batch": args.batch,
                 "seed": args.seed,
+                "lr": args.lr,
             }
             rows.append({**base, "encoder": "conv3", "quantizer": ORIGINAL})
             for encoder in [e for e in args.encoders.split(",") if e]:
@@ -133,8 +136,8 @@ def plan(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
-def _key(r: dict[str, Any]) -> tuple[str, ...]:
-    return (r["data"], r["recipe"], r["encoder"], r["quantizer"])
+def _key(r: dict[str, Any]) -> tuple[Any, ...]:
+    return (r["data"], r["recipe"], r["encoder"], r["quantizer"], r.get("lr"))
 
 
 def run_matrix(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -179,8 +182,13 @@ def _cells(m: dict[str, Any] | None) -> str:
     return f"{m['psnr']:.2f} | {100 * m['usage']:.0f}%"
 
 
+def _recipe(r: dict[str, Any]) -> str:
+    """The recipe's name, with the lr when a run set one (``--lr``)."""
+    return r["recipe"] if r.get("lr") is None else f"{r['recipe']} lr {r['lr']:g}"
+
+
 def matrix_table(rows: list[dict[str, Any]]) -> str:
-    bars = {(r["data"], r["recipe"]): r["held_out"]["psnr"] for r in rows if r["quantizer"] == ORIGINAL}
+    bars = {(r["data"], _recipe(r)): r["held_out"]["psnr"] for r in rows if r["quantizer"] == ORIGINAL}
     out = [
         "| data | recipe | encoder | quantizer | held-out PSNR dB | codes used | unseen PSNR dB | codes used "
         "| vs original dB | verdict |",
@@ -188,21 +196,21 @@ def matrix_table(rows: list[dict[str, Any]]) -> str:
     ]
     order = {d: i for i, d in enumerate(DATA)} | {r: i for i, r in enumerate(RECIPES)}
     for r in sorted(rows, key=lambda r: (order.get(r["data"], 9), order.get(r["recipe"], 9))):
-        bar = bars.get((r["data"], r["recipe"]))
+        bar = bars.get((r["data"], _recipe(r)))
         delta = "-" if bar is None else f"{r['held_out']['psnr'] - bar:+.2f}"
         name = "original VQ-VAE" if r["quantizer"] == ORIGINAL else r["quantizer"]
         judged = "(the bar)" if r["quantizer"] == ORIGINAL else verdict(r, bar)
         out.append(
-            f"| {r['data']} | {r['recipe']} | {r['encoder']} | {name} | {_cells(r['held_out'])} "
+            f"| {r['data']} | {_recipe(r)} | {r['encoder']} | {name} | {_cells(r['held_out'])} "
             f"| {_cells(r.get('unseen'))} | {delta} | {judged} |"
         )
     return "\n".join(out)
 
 
 def summary(rows: list[dict[str, Any]]) -> str:
-    bars = {(r["data"], r["recipe"]): r["held_out"]["psnr"] for r in rows if r["quantizer"] == ORIGINAL}
+    bars = {(r["data"], _recipe(r)): r["held_out"]["psnr"] for r in rows if r["quantizer"] == ORIGINAL}
     judged = [r for r in rows if r["quantizer"] != ORIGINAL]
-    failing = [r for r in judged if verdict(r, bars.get((r["data"], r["recipe"]))) != "ok"]
+    failing = [r for r in judged if verdict(r, bars.get((r["data"], _recipe(r)))) != "ok"]
     floor = 10 * math.log10(4.0 / 0.3373)  # mnist5k's all-background image
     return f"{len(judged) - len(failing)} of {len(judged)} rows pass; all-background PSNR on mnist5k {floor:.2f} dB"
 
@@ -213,6 +221,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--recipes", default=",".join(DEFAULT_RECIPES), help=f"matrix: of {', '.join(RECIPES)}")
     ap.add_argument("--data", default=",".join(DATA), help="matrix: mnist5k, photo32")
     ap.add_argument("--jobs", type=int, default=2, help="matrix: rows trained at once (one thread each)")
+    # --lr (shared with the other suites) sets every matrix row's lr; default: vqkit train's
 
 
 def matrix_main(args: argparse.Namespace) -> int:
