@@ -54,6 +54,10 @@ def entropy(p: torch.Tensor) -> torch.Tensor:
 # count the codes that occur instead (torch.unique, a device sync).
 HISTOGRAM_MAX_CODES = 2**24
 
+# Up to this many codes the entropy terms of lfq and fsq use the exact distribution over codes ([N, K]
+# probabilities, or fsq's product of per-channel ones); above it, a per-bit or per-channel factorisation.
+EXACT_ENTROPY_MAX_CODES = 4096
+
 
 def code_stats(indices: torch.Tensor, codebook_size: int) -> dict[str, torch.Tensor]:
     """Perplexity and number of distinct codes in a batch of indices, from a histogram (no one-hot)."""
@@ -254,6 +258,29 @@ class CodebookUpkeep(nn.Module):
         return counts
 
     @torch.no_grad()
+    def tend(
+        self,
+        z: torch.Tensor,
+        start: Callable[[torch.Tensor | None, torch.Tensor], None],
+        error: Callable[[torch.Tensor], torch.Tensor],
+    ) -> None:
+        """One training step's upkeep, before the search: k-means on the first batch, then, when a check is
+        due, dead codes re-seeded from this batch. ``start(mask, rows)`` makes the codes (all where ``mask``
+        is None) start at ``rows``; ``error(z)`` is each latent's quantization error (restarts go where it is
+        largest). Counts the step on the host; run it eagerly (decisions are host-side)."""
+        try:
+            if self.needs_init():
+                start(None, kmeans(z, self.codebook_size, self.kmeans_iters))
+                self.mark_initialised()
+            if not self.restart_check_due():
+                return
+            dead = self.dead_codes()
+            if bool(dead.any()):  # a device sync, but only every check_every steps
+                start(dead, self.replacements(z, dead, error(z)))
+        finally:
+            self.advance_host()  # record() counts this step in the buffer
+
+    @torch.no_grad()
     def replacements(self, z: torch.Tensor, dead: torch.Tensor, error: torch.Tensor) -> torch.Tensor:
         """New rows for the dead codes, ``[n_dead, D]``: latents of this batch drawn on rank 0 (broadcast).
 
@@ -399,20 +426,12 @@ class Codebook(FlatQuantizer):
         """k-means on the first batch, then re-seed dead codes from this batch (before the search, so they
         compete at once and no tensor saved for backward is modified). Runs once per training step, before
         :meth:`CodebookUpkeep.record`, and counts that step on the host."""
-        up = self.upkeep
-        try:
-            if up.needs_init():
-                self._set_rows(None, self._seed_rows(kmeans(flat, self.codebook_size, up.kmeans_iters)))
-                up.mark_initialised()
-            if not up.restart_check_due():
-                return
-            dead = up.dead_codes()
-            if bool(dead.any()):  # a device sync, but only every check_every steps
-                codebook = self.codebook().detach().float()
-                error = ((flat.float() - codebook[nearest_code(flat, codebook)]) ** 2).sum(-1)
-                self._set_rows(dead, self._seed_rows(up.replacements(flat, dead, error)))
-        finally:
-            up.advance_host()  # record() counts this step in the buffer
+
+        def error(rows: torch.Tensor) -> torch.Tensor:
+            codebook = self.codebook().detach().float()
+            return ((rows.float() - codebook[nearest_code(rows, codebook)]) ** 2).sum(-1)
+
+        self.upkeep.tend(flat, lambda mask, rows: self._set_rows(mask, self._seed_rows(rows)), error)
 
     def lookup_flat(
         self, flat: torch.Tensor

@@ -6,12 +6,9 @@ from typing import Any
 
 import torch
 
-from vqkit.codebook import FlatQuantizer, code_stats, entropy
+from vqkit.codebook import EXACT_ENTROPY_MAX_CODES, FlatQuantizer, code_stats, entropy
 from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
-
-# Up to this many codes the spread term uses the exact mean code distribution; above, per channel.
-EXACT_ENTROPY_MAX_CODES = 4096
 
 
 class _TanhBack(torch.autograd.Function):

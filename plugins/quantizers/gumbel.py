@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vqkit.codebook import CodebookUpkeep, FlatQuantizer, code_stats, eager_under_compile, entropy, kmeans
+from vqkit.codebook import CodebookUpkeep, FlatQuantizer, code_stats, eager_under_compile, entropy
 from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
 
@@ -110,23 +110,12 @@ class Gumbel(FlatQuantizer):
     @eager_under_compile
     @torch.no_grad()
     def _keep_healthy(self, rows: torch.Tensor) -> None:
-        up = self.upkeep
-        assert up is not None
-        try:
-            if up.needs_init():
-                self._start_codes(None, kmeans(rows, self.codebook_size, up.kmeans_iters))
-                up.mark_initialised()
-            if not up.restart_check_due():
-                return
-            dead = up.dead_codes()
-            if bool(dead.any()):  # a device sync, only every check_every steps
-                rows = rows.float()
-                best = (F.normalize(rows, dim=-1) @ F.normalize(self.proj.weight.float(), dim=-1).t()).amax(
-                    -1
-                )
-                self._start_codes(dead, up.replacements(rows, dead, 1 - best))
-        finally:
-            up.advance_host()
+        def error(z: torch.Tensor) -> torch.Tensor:  # 1 - cosine to the nearest code's direction
+            z = F.normalize(z.float(), dim=-1)
+            return 1 - (z @ F.normalize(self.proj.weight.float(), dim=-1).t()).amax(-1)
+
+        assert self.upkeep is not None
+        self.upkeep.tend(rows, self._start_codes, error)
 
     def _tau(self) -> torch.Tensor:
         """The temperature of the current training step (exponential schedule), as a tensor computed from the

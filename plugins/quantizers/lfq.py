@@ -5,13 +5,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from vqkit.codebook import FlatQuantizer, code_stats, entropy
+from vqkit.codebook import EXACT_ENTROPY_MAX_CODES, FlatQuantizer, code_stats, entropy
 from vqkit.contracts import Quantized
 from vqkit.registry import quantizers
-
-# Up to this many codes the entropy terms use the exact distribution over codes ([N, K] probabilities);
-# above it, a per-bit factorisation (exact per-sample entropy, an upper bound for the codebook entropy).
-EXACT_ENTROPY_MAX_CODES = 4096
 
 
 @quantizers.register("lfq")
