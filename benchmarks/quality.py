@@ -51,6 +51,7 @@ import vqkit
 from vqkit.data import load_images, load_mnist5k
 from vqkit.evaluate import evaluate
 from vqkit.training import TrainConfig
+from vqkit.training.config import DEFAULT_LR
 
 NO_QUANTIZER = "none"
 
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is None:
         args.steps = TrainConfig().steps if vq_recipe else 2000
     if args.lr is None:
-        args.lr = TrainConfig().lr if vq_recipe else 1e-3
+        args.lr = DEFAULT_LR if vq_recipe else 1e-3  # conv3 recommends no lr of its own
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = {s for s in args.only.split(",") if s}
@@ -374,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def architectures_main(args: argparse.Namespace) -> int:
     args.steps = args.steps or 2000
-    args.lr = args.lr or TrainConfig().lr
     if args.threads:
         torch.set_num_threads(args.threads)
     wanted = {s for s in args.only.split(",") if s}
@@ -387,8 +387,9 @@ def architectures_main(args: argparse.Namespace) -> int:
             rows = [json.loads(line) for line in f if line.strip()]
     else:
         rows = run_architectures(args, wanted)
+    lr_text = f"Adam lr {args.lr:g}" if args.lr else "Adam at each model's recommended lr (vqkit train's)"
     setup = (
-        f"vqkit.training.train: {args.steps} steps, batch {args.batch}, Adam lr {args.lr:g} after "
+        f"vqkit.training.train: {args.steps} steps, batch {args.batch}, {lr_text} after "
         f"{min(TrainConfig().warmup_steps, args.steps // 5)} warm-up steps, cosine; vq (k-means init, "
         f"restarts), 512 codes, latent dim 64; seed {args.seed}, device cpu, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )

@@ -251,6 +251,10 @@ class NoDownsample(PatchEncoder):
         del self.downsample
 
 
+class TextLr(PatchEncoder):
+    recommended_lr = "fast"
+
+
 class WrongDownsample(PatchEncoder):
     def __init__(self, in_channels: int, latent_dim: int) -> None:
         super().__init__(in_channels, latent_dim)
@@ -288,6 +292,7 @@ def test_correct_encoder_and_decoder_pass() -> None:
         (NoDownsample, r"downsample factor as a positive int attribute `downsample`, got None"),
         (WrongDownsample, r"its output is \[2, 4, 4, 4\] torch.float32; the contract wants \[2, 4, 8, 8\]"),
         (RGBOnly, r"forward raised RuntimeError for input \[2, 1, 16, 16\]"),
+        (TextLr, r"`recommended_lr` must be None or a positive number \(a peak Adam lr\), got 'fast'"),
     ],
 )
 def test_a_broken_encoder_fails_with_what_the_contract_wants(cls: type, message: str) -> None:

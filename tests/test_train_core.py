@@ -20,6 +20,7 @@ import vqkit
 from vqkit.cli.main import cli
 from vqkit.errors import OptionError
 from vqkit.training import TrainConfig, train
+from vqkit.training.config import DEFAULT_LR
 from vqkit.training.configfile import read_config_file, write_config_toml
 from vqkit.training.health import collapse_warning
 from vqkit.training.rundir import prepare_run_dir
@@ -41,7 +42,7 @@ def test_short_runs_cap_their_warm_up_and_say_so(tmp_path: Path) -> None:
     assert code == 0, text
     assert "warm-up 2 steps (asked 200, capped at a fifth of the run)" in text
     lrs = [json.loads(x).get("lr") for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert max(v for v in lrs if v is not None) > 0.9 * TrainConfig().lr  # the run reached its peak lr
+    assert max(v for v in lrs if v is not None) > 0.9 * DEFAULT_LR  # the run reached its peak lr (conv3 recommends none)
 
 
 def test_every_evaluation_prints_one_line_and_a_collapse_is_flagged(tmp_path: Path) -> None:
@@ -198,3 +199,28 @@ def test_a_different_model_on_resume_names_the_files_real_value(tmp_path: Path) 
     model = str(tmp_path / "r" / "model.safetensors")
     code, text = _run(["train", "--model", model, "--resume", "--set", "quantizer.beta=0.5", "-q"])
     assert code == 1 and "quantizer.beta=0.5 (the file has 0.25)" in text and "None" not in text
+
+
+def test_a_run_without_lr_takes_the_architectures_and_says_which(tmp_path: Path) -> None:
+    steps = ["--steps", "2", "--eval-every", "0", *FAST[:4]]
+    code, text = _run(["train", "--encoder", "resnet", *steps, "-o", str(tmp_path / "res")])
+    assert code == 0, text
+    assert "lr 0.001 (cosine" in text  # resnet's own
+    assert read_config_file(tmp_path / "res" / "config.toml")["lr"] == 1e-3  # resuming keeps it
+    code, text = _run(["train", *steps, "-o", str(tmp_path / "conv3")])
+    assert code == 0 and f"lr {DEFAULT_LR:g} (cosine" in text, text  # conv3 names none: the default
+    code, text = _run(["train", "--encoder", "resnet", "--lr", "5e-4", *steps, "-o", str(tmp_path / "set")])
+    assert code == 0 and "lr 0.0005 (cosine" in text, text  # an lr the user gives wins
+    assert read_config_file(tmp_path / "set" / "config.toml")["lr"] == 5e-4
+
+
+def test_a_plugins_recommended_lr_is_checked_before_training() -> None:
+    from vqkit.training.setup import model_lr
+
+    model = vqkit.build_model(encoder="resnet", quantizer="vq")
+    assert model_lr(model) == 1e-3 and model_lr(vqkit.build_model()) == DEFAULT_LR
+    model.decoder.recommended_lr = 3e-4  # the lower of the two parts wins
+    assert model_lr(model) == 3e-4
+    model.encoder.recommended_lr = float("nan")
+    with pytest.raises(OptionError, match=r"encoder 'resnet''s recommended_lr must be a number, got nan"):
+        model_lr(model)

@@ -32,6 +32,9 @@ class Encoder(nn.Module):
     """Images ``[B, C, H, W]`` in [-1, 1] -> latents ``[B, latent_dim, H/f, W/f]``; ``f = self.downsample``."""
 
     downsample: int = 1
+    # The peak Adam learning rate this architecture trains at when a run does not set one (None: the
+    # trainer's own default). A model takes the lowest of its encoder's and decoder's.
+    recommended_lr: float | None = None
 
     def __init__(self, in_channels: int, latent_dim: int) -> None:
         super().__init__()
@@ -43,6 +46,7 @@ class Decoder(nn.Module):
     """Latents ``[B, latent_dim, h, w]`` -> images ``[B, C, h*f, w*f]`` in [-1, 1]; ``f = self.upsample``."""
 
     upsample: int = 1
+    recommended_lr: float | None = None  # as the encoder's
 
     def __init__(self, latent_dim: int, out_channels: int) -> None:
         super().__init__()

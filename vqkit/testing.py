@@ -6,7 +6,7 @@
         check_quantizer(MyQuantizer, dim=8)
 
 They are the same checks every built-in passes in vqkit's own test suite: the contract (shapes, dtypes,
-``downsample``/``upsample``, ``dim``, ``codebook_size``, ``num_codebooks``, index range), gradient flow to the
+``downsample``/``upsample``, an optional ``recommended_lr``, ``dim``, ``codebook_size``, ``num_codebooks``, index range), gradient flow to the
 input, determinism and purity of ``quantize``, agreement of ``forward``/``quantize``/``dequantize`` in eval
 mode, a save/load round trip through :func:`vqkit.save`/:func:`vqkit.load`, and ONNX export parity through
 the ``onnx`` exporter. A failure raises :class:`AssertionError` saying what the contract wanted.
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import sys
 import tempfile
 import warnings
@@ -217,6 +218,14 @@ def _registered(**parts: Any) -> Iterator[dict[str, str]]:
             REGISTRIES[kind].remove(name)
 
 
+def _check_recommended_lr(ck: _Checker, module: nn.Module) -> None:
+    lr = getattr(module, "recommended_lr", None)
+    ok = lr is None or (
+        isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
+    )
+    ck.require(ok, f"its `recommended_lr` must be None or a positive number (a peak Adam lr), got {lr!r}")
+
+
 def _train_a_little(model: nn.Module, images: torch.Tensor) -> None:
     """Two optimizer steps in train mode, so parameters and quantizer buffers (EMA statistics, k-means init,
     usage counters) hold trained values rather than their initial ones before the round trip."""
@@ -341,6 +350,7 @@ def check_encoder(
         torch.manual_seed(SEED)
         for channels in sorted({in_channels, 1}):  # 1 too: grayscale data (MNIST) is common
             enc = ck.build(cls, channels, latent_dim, **options)
+            _check_recommended_lr(ck, enc)
             f = getattr(enc, "downsample", None)
             ck.require(
                 isinstance(f, int) and not isinstance(f, bool) and f >= 1,
@@ -395,6 +405,7 @@ def check_decoder(
         torch.manual_seed(SEED)
         for channels in sorted({out_channels, 1}):
             dec = ck.build(cls, latent_dim, channels, **options)
+            _check_recommended_lr(ck, dec)
             z = _randn(2, latent_dim, grid, grid).requires_grad_(True)
             dec.train()
             y = ck.call("forward", dec, z)

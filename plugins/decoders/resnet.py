@@ -20,7 +20,7 @@ from torch import nn
 
 from vqkit.contracts import Decoder
 from vqkit.heads import clamp_output
-from vqkit.plugins.encoders.resnet import Attention, ResBlock, resolve_levels
+from vqkit.plugins.encoders.resnet import RECOMMENDED_LR, Attention, ResBlock, resolve_levels
 from vqkit.registry import decoders
 
 
@@ -40,6 +40,7 @@ class ResNetDecoder(Decoder):
     # The options this decoder takes from the encoder when built as its mirror (no decoder named): a model
     # builder that honours it passes the encoder's values of these unless the decoder's are given.
     mirror_options = ("downsample", "widths", "blocks", "attention", "norm_groups")
+    recommended_lr = RECOMMENDED_LR  # the encoder's
 
     def __init__(
         self,

@@ -53,6 +53,9 @@ def resolve_levels(
     return w, b
 
 
+RECOMMENDED_LR = 1e-3
+
+
 class ResBlock(nn.Module):
     """GroupNorm, SiLU, 3x3 conv, twice, plus the input (through a 1x1 conv when the width changes)."""
 
@@ -100,6 +103,10 @@ class ResNetEncoder(Encoder):
     every level or one per level; default 1 each), ``attention`` (self-attention at the lowest resolution), ``norm_groups`` (GroupNorm groups).
     The ``resnet`` decoder takes the same options and mirrors the layout.
     """
+
+    # vqkit train's lr for this architecture: at conv3's 2e-3 held constant from step 0 (no warm-up) resnet
+    # ended 0.5-1.6 dB below where 1e-3 takes it; with warm-up and cosine decay the two are within 0.2 dB.
+    recommended_lr = RECOMMENDED_LR
 
     def __init__(
         self,

@@ -59,6 +59,8 @@ FLOAT_BOUNDS: dict[str, tuple[float, float, bool]] = {  # (minimum, maximum, whe
     "min_lr_ratio": (0, 1, False),
     "grad_clip": (0, math.inf, True),
 }
+# The peak lr of a model whose encoder and decoder recommend none (conv3's); see ``recommended_lr``.
+DEFAULT_LR = 2e-3
 CHOICES = {"schedule": SCHEDULES, "precision": PRECISIONS}
 
 
@@ -116,7 +118,10 @@ class TrainConfig:
     )
     steps: int = _f(1500, "Total optimizer steps.")
     batch_size: int = _f(128, "Images per step, over all processes.")
-    lr: float = _f(2e-3, "Peak learning rate (Adam).")
+    lr: float | None = _f(
+        None,
+        f"Peak learning rate (Adam) [default: the model's recommended lr, else {DEFAULT_LR:g}; resnet: 1e-3].",
+    )
     betas: tuple[float, float] = _f((0.9, 0.999), "Adam betas.")
     weight_decay: float = _f(0.0, "Decoupled weight decay (AdamW).")
     # A long warm-up matters: at lr 2e-3 from step 50 the conv3 decoder died in our runs (MSE stuck at the

@@ -11,10 +11,11 @@ channels-last; optional torch.compile.
 
 from __future__ import annotations
 
+
 import inspect
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,10 @@ class VQVAETrainer:
 
             model = new_model(config, self.data.channels, self.data.image_size)
         self.model = model
+        if config.lr is None:  # the architecture's own lr; config.toml and the header show the value used
+            from vqkit.training.setup import model_lr
+
+            self.config = config = replace(config, lr=model_lr(model))
         self.run_dir, self.lock = self._run_dir()
         if state is not None:
             model.load_state_dict(state["model"])

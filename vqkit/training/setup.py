@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from vqkit import checks
 from vqkit.errors import VQKitError
 from vqkit.model import VQVAE, ModelSpec, build_model
 from vqkit.modelfile import load, read_spec
 from vqkit.training.checkpoint import STATE_NAME, load_state, state_path_for
-from vqkit.training.config import TrainConfig
+from vqkit.training.config import DEFAULT_LR, TrainConfig
 from vqkit.training.rundir import check_resumable
 
 PARTS = ("encoder", "quantizer", "decoder")
@@ -73,6 +74,18 @@ def model_and_state(config: TrainConfig) -> tuple[VQVAE | None, dict[str, Any] |
 def new_model(config: TrainConfig, channels: int, image_size: int) -> VQVAE:
     kwargs = {**config.model, "channels": channels, "image_size": image_size}
     return build_model(**kwargs, seed=config.seed)
+
+
+def model_lr(model: VQVAE) -> float:
+    """The peak lr a run of ``model`` takes when its config sets none: the lowest ``recommended_lr`` of its
+    encoder and decoder, else :data:`DEFAULT_LR`. A plugin's value that is not a positive number is refused."""
+    found = []
+    for part in ("encoder", "decoder"):
+        value = getattr(getattr(model, part), "recommended_lr", None)
+        if value is not None:
+            name = getattr(model.spec, part)
+            found.append(checks.number(value, f"{part} {name!r}'s recommended_lr", minimum=0, open_min=True))
+    return float(min(found)) if found else DEFAULT_LR
 
 
 def describe_model(model: VQVAE) -> list[str]:
