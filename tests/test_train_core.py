@@ -42,7 +42,7 @@ def test_short_runs_cap_their_warm_up_and_say_so(tmp_path: Path) -> None:
     assert code == 0, text
     assert "warm-up 2 steps (asked 200, capped at a fifth of the run)" in text
     lrs = [json.loads(x).get("lr") for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
-    assert max(v for v in lrs if v is not None) > 0.9 * DEFAULT_LR  # the run reached its peak lr (conv3 recommends none)
+    assert max(v for v in lrs if v is not None) > 0.9 * DEFAULT_LR  # reached its peak (conv3 names no lr)
 
 
 def test_every_evaluation_prints_one_line_and_a_collapse_is_flagged(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ channels-last; optional torch.compile.
 
 from __future__ import annotations
 
-
 import inspect
 import warnings
 from collections.abc import Callable
@@ -41,7 +40,7 @@ from vqkit.training.engine import Cadence, LoopEnd, Progress, Say, Window, run_s
 from vqkit.training.health import collapse_warning
 from vqkit.training.rundir import METRICS_NAME, MetricsLog, RunLock, next_run_dir, prepare_run_dir
 from vqkit.training.schedule import lr_at
-from vqkit.training.setup import describe_model, model_and_state
+from vqkit.training.setup import describe_model, model_and_state, model_lr
 
 GRID_IMAGES = 8
 RUN_FILES = (MODEL_NAME, STATE_NAME, METRICS_NAME, METRICS_CSV, TENSORBOARD_DIR)
@@ -130,8 +129,6 @@ class VQVAETrainer:
             model = new_model(config, self.data.channels, self.data.image_size)
         self.model = model
         if config.lr is None:  # the architecture's own lr; config.toml and the header show the value used
-            from vqkit.training.setup import model_lr
-
             self.config = config = replace(config, lr=model_lr(model))
         self.run_dir, self.lock = self._run_dir()
         if state is not None:
