@@ -9,7 +9,8 @@ They are the same checks every built-in passes in vqkit's own test suite: the co
 ``downsample``/``upsample``, an optional ``recommended_lr``, ``dim``, ``codebook_size``, ``num_codebooks``,
 index range), gradient flow to the input, determinism and purity of ``quantize``, agreement of
 ``forward``/``quantize``/``dequantize`` in eval mode, a save/load round trip through
-:func:`vqkit.save`/:func:`vqkit.load`, and ONNX export parity through the ``onnx`` exporter. A failure raises :class:`AssertionError` saying what the contract wanted.
+:func:`vqkit.save`/:func:`vqkit.load`, and ONNX export parity through the ``onnx`` exporter. A failure
+raises :class:`AssertionError` saying what the contract wanted.
 
 For quantizers also: codes ``[B, h, w]`` with one codebook and ``[B, h, w, S]`` with S; the search in fp32
 under bf16 autocast (the same codes as in fp32); ``codes_used``/``perplexity`` stats, when given, describe
