@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import math
 import sys
 import tempfile
 import warnings
@@ -41,9 +40,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vqkit import checks
 from vqkit.codebook import nearest_code
 from vqkit.contracts import Quantized, channels_last_flat, unflatten_channels_first
 from vqkit.discovery import preserved_state
+from vqkit.errors import OptionError
 from vqkit.registry import REGISTRIES
 
 __all__ = ["ConformanceWarning", "check_decoder", "check_encoder", "check_quantizer", "preserved_state"]
@@ -221,9 +222,12 @@ def _registered(**parts: Any) -> Iterator[dict[str, str]]:
 
 def _check_recommended_lr(ck: _Checker, module: nn.Module) -> None:
     lr = getattr(module, "recommended_lr", None)
-    ok = lr is None or (
-        isinstance(lr, (int, float)) and not isinstance(lr, bool) and math.isfinite(lr) and lr > 0
-    )
+    ok = True
+    if lr is not None:
+        try:  # the check the trainer makes of it (vqkit.training.setup.model_lr)
+            checks.number(lr, "recommended_lr", minimum=0, open_min=True)
+        except OptionError:
+            ok = False
     ck.require(ok, f"its `recommended_lr` must be None or a positive number (a peak Adam lr), got {lr!r}")
 
 
